@@ -1,0 +1,16 @@
+"""`make bench`: every benchmark, one after the other, printing ratios measured in this run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import bench_canonical, bench_ingest
+
+if __name__ == "__main__":
+    print("== canonicalization")
+    bench_canonical.main()
+    print("\n== bank ingest")
+    bench_ingest.main()

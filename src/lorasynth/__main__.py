@@ -1,0 +1,3 @@
+from lorasynth.cli import main
+
+main()

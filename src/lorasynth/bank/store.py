@@ -1,0 +1,282 @@
+"""The bank: canonical LoRA vectors in sharded, memory-mapped safetensors with a JSON manifest.
+
+    BANK/manifest.json        layout hash, dtype, dim, row count, ids, sha256 per shard
+    BANK/layout.json          the LoraLayout rows (so vectors can be turned back into LoRAs)
+    BANK/shard-00000.safetensors   tensor "vectors" (rows, dim)
+
+An append writes whole new shards (temp file, fsync, rename) and only then the manifest, so a
+crash at any point leaves the bank as it was before the append; readers see old or new, never
+half. Reads go through safetensors' mmap, so memory does not grow with bank size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from lorasynth.atomic import write_json_atomic
+from lorasynth.errors import LorasynthError
+from lorasynth.lora.layout import LoraLayout
+from lorasynth.lora.safetensors_io import read_header, save_tensors
+
+MANIFEST = "manifest.json"
+LAYOUT = "layout.json"
+BANK_FORMAT = "lorasynth-bank/1"
+DEFAULT_SHARD_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class Shard:
+    file: str
+    rows: int
+    sha256: str
+
+
+class Bank:
+    """A read/append handle on a bank directory."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._load()
+
+    def _load(self) -> None:
+        """(Re)read the manifest; called again after appends, which may come from elsewhere."""
+        self._handles: dict[str, object] = {}
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise LorasynthError(
+                f"{self.path}: not a bank (no {MANIFEST}); create one with `lorasynth bank ingest`"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            self.layout_hash: str = manifest["layout_hash"]
+            self.dtype: str = manifest["dtype"]
+            self.dim: int = int(manifest["dim"])
+            self.ids: list[str] = list(manifest["ids"])
+            self.shards: list[Shard] = [Shard(**s) for s in manifest["shards"]]
+            self.extra: dict = dict(manifest.get("extra", {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LorasynthError(f"{manifest_path}: malformed bank manifest ({exc})") from None
+        if sum(s.rows for s in self.shards) != len(self.ids):
+            raise LorasynthError(f"{manifest_path}: shard rows do not add up to the id count")
+        self._row_of = {rid: i for i, rid in enumerate(self.ids)}
+        self._starts = [0]
+        for shard in self.shards:
+            self._starts.append(self._starts[-1] + shard.rows)
+
+    # ---- creation ------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, path: str | os.PathLike[str], layout: LoraLayout, extra: dict | None = None
+    ) -> Bank:
+        """An empty bank for vectors of `layout` (refuses to overwrite an existing bank)."""
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise LorasynthError(f"{path}: a bank already exists here")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / LAYOUT).write_text(layout.to_json() + "\n")
+        write_json_atomic(path / MANIFEST, _manifest(layout.hash, layout.size, [], [], extra or {}))
+        return cls(path)
+
+    @classmethod
+    def open_or_create(
+        cls, path: str | os.PathLike[str], layout: LoraLayout, extra: dict | None = None
+    ) -> Bank:
+        if (Path(path) / MANIFEST).exists():
+            bank = cls(path)
+            if bank.layout_hash != layout.hash:
+                raise LorasynthError(
+                    f"{path}: bank holds layout {bank.layout_hash}, the LoRAs have {layout.describe()}"
+                )
+            return bank
+        return cls.create(path, layout, extra)
+
+    # ---- reading -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def layout(self) -> LoraLayout:
+        layout = LoraLayout.from_json((self.path / LAYOUT).read_text())
+        if layout.hash != self.layout_hash:
+            raise LorasynthError(
+                f"{self.path / LAYOUT}: layout hash {layout.hash} differs from the manifest's "
+                f"{self.layout_hash}; the bank is corrupt"
+            )
+        return layout
+
+    def row_of(self, row_id: str) -> int:
+        try:
+            return self._row_of[row_id]
+        except KeyError:
+            raise LorasynthError(f"{self.path}: no row with id {row_id!r}") from None
+
+    def __contains__(self, row_id: object) -> bool:
+        return row_id in self._row_of
+
+    def vectors(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows [start, stop) as a float32 tensor (reads only the shards that hold them)."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        if not 0 <= start <= stop:
+            raise LorasynthError(f"bad row range [{start}, {stop}) for a bank of {len(self)} rows")
+        parts = []
+        for k, shard in enumerate(self.shards):
+            lo, hi = max(start, self._starts[k]), min(stop, self._starts[k + 1])
+            if lo < hi:
+                parts.append(self._read_slice(shard, lo - self._starts[k], hi - self._starts[k]))
+        if not parts:
+            return torch.empty(0, self.dim, dtype=torch.float32)
+        return torch.cat(parts).float()
+
+    def vector(self, row: int | str) -> torch.Tensor:
+        index = self.row_of(row) if isinstance(row, str) else row
+        return self.vectors(index, index + 1)[0]
+
+    def gather(self, rows: Sequence[int]) -> torch.Tensor:
+        """Rows by index, in the order given (for shuffled training batches)."""
+        out = torch.empty(len(rows), self.dim, dtype=torch.float32)
+        for n, row in enumerate(rows):
+            k = _shard_index(self._starts, row)
+            local = row - self._starts[k]
+            out[n] = self._read_slice(self.shards[k], local, local + 1)[0]
+        return out
+
+    def iter_batches(self, batch_size: int = 256) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self), batch_size):
+            yield self.vectors(start, start + batch_size)
+
+    def _read_slice(self, shard: Shard, lo: int, hi: int) -> torch.Tensor:
+        try:
+            handle = self._handles.get(shard.file)
+            if handle is None:  # keep shards open: each is an mmap, cheap to hold
+                handle = self._handles[shard.file] = safe_open(
+                    str(self.path / shard.file), framework="pt"
+                )
+            return handle.get_slice("vectors")[lo:hi]
+        except (SafetensorError, OSError, KeyError) as exc:
+            raise LorasynthError(
+                f"{self.path / shard.file}: unreadable shard ({exc}); run `lorasynth bank verify`"
+            ) from None
+
+    # ---- appending -----------------------------------------------------------------------
+    def append(
+        self, ids: Sequence[str], vectors: torch.Tensor, shard_rows: int = DEFAULT_SHARD_ROWS
+    ) -> None:
+        """Add rows atomically: new shards first, then the manifest; ids must be new."""
+        if len(ids) != len(vectors):
+            raise LorasynthError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if len(ids) == 0:
+            return
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise LorasynthError(
+                f"vectors have shape {tuple(vectors.shape)}; bank rows have {self.dim} values"
+            )
+        if not torch.isfinite(vectors).all():
+            raise LorasynthError("vectors contain NaN or Inf; refusing to store them")
+        with self._lock():
+            self._load()  # another process may have appended meanwhile
+            dup = next((i for i in ids if i in self._row_of), None)
+            if dup is not None or len(set(ids)) != len(ids):
+                raise LorasynthError(
+                    f"{self.path}: id {dup or 'given twice'!r} already in the bank"
+                )
+            shards = list(self.shards)
+            data = vectors.detach().to(torch.float32).contiguous()
+            for lo in range(0, len(ids), shard_rows):
+                chunk = data[lo : lo + shard_rows].clone()
+                name = f"shard-{len(shards):05d}.safetensors"
+                save_tensors(
+                    self.path / name, {"vectors": chunk}, {"layout_hash": self.layout_hash}
+                )
+                shards.append(Shard(name, len(chunk), _sha256(self.path / name)))
+            manifest = _manifest(self.layout_hash, self.dim, [*self.ids, *ids], shards, self.extra)
+            write_json_atomic(self.path / MANIFEST, manifest)
+            self._load()
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.path / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # ---- checking ------------------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """Problems found (empty when healthy): hashes, row counts, dtypes, the layout file."""
+        problems = []
+        try:
+            self.layout  # noqa: B018 - validates layout.json against the manifest
+        except (LorasynthError, OSError) as exc:
+            problems.append(str(exc))
+        for shard in self.shards:
+            file = self.path / shard.file
+            if not file.is_file():
+                problems.append(f"{file}: missing shard")
+                continue
+            if _sha256(file) != shard.sha256:
+                problems.append(f"{file}: corrupted shard (sha256 differs from the manifest)")
+                continue
+            try:
+                header, _ = read_header(file)
+                shape = header["vectors"]["shape"]
+                if shape != [shard.rows, self.dim] or header["vectors"]["dtype"] != "F32":
+                    problems.append(
+                        f"{file}: shard holds {shape}, manifest says [{shard.rows}, {self.dim}]"
+                    )
+            except (LorasynthError, KeyError) as exc:
+                problems.append(f"{file}: corrupted shard ({exc})")
+        return problems
+
+    def info(self) -> dict:
+        """The `bank info --json` summary."""
+        return {
+            "rows": len(self),
+            "layout_hash": self.layout_hash,
+            "dtype": self.dtype,
+            "dim": self.dim,
+            "shards": len(self.shards),
+            "ids": self.ids,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+def _manifest(
+    layout_hash: str, dim: int, ids: Sequence[str], shards: Sequence[Shard], extra: dict
+) -> dict:
+    return {
+        "format": BANK_FORMAT,
+        "layout_hash": layout_hash,
+        "dtype": "float32",
+        "dim": dim,
+        "rows": len(ids),
+        "ids": list(ids),
+        "shards": [s.__dict__ for s in shards],
+        "extra": extra,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _shard_index(starts: Sequence[int], row: int) -> int:
+    import bisect
+
+    if not 0 <= row < starts[-1]:
+        raise LorasynthError(f"row {row} out of range for a bank of {starts[-1]} rows")
+    return bisect.bisect_right(starts, row) - 1

@@ -1,0 +1,90 @@
+"""`lorasynth bank ...`: build, inspect and check banks of canonical LoRA vectors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lorasynth.bank import Bank
+from lorasynth.bank.ingest import ingest as run_ingest
+from lorasynth.cli.lora import OutFormat
+from lorasynth.lora import unflatten, write_lora
+from lorasynth.lora.layout import PRESETS, LoraLayout
+
+app = typer.Typer(help="Banks of canonical LoRA vectors.", no_args_is_help=True)
+
+
+@app.command()
+def ingest(
+    folder: Path,
+    bank: Path,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
+    chunk: Annotated[int, typer.Option(min=1, help="Files per atomic append.")] = 256,
+    preset: Annotated[
+        str | None,
+        typer.Option(help=f"Expect the SD1.5 layout of this preset ({', '.join(PRESETS)})."),
+    ] = None,
+    rank: Annotated[int, typer.Option(min=1, help="Rank of the --preset layout.")] = 1,
+    normalise: Annotated[bool, typer.Option(help="Refit BANK/normaliser.safetensors.")] = True,
+    strict: Annotated[bool, typer.Option(help="Exit 1 if any file was bad.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Canonicalize every LoRA file under FOLDER into BANK (resumable; bad files are reported)."""
+    layout = LoraLayout.sd15(preset, rank) if preset else None
+    report = run_ingest(
+        folder, bank, layout=layout, workers=workers, chunk=chunk, normalise=normalise
+    )
+    for failure in report.failed:
+        print(f"warning: skipped {failure['error']}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    print(
+        f"ingested {report.ingested}, already present {report.skipped}, failed {len(report.failed)}; "
+        f"bank has {report.rows} rows (layout {report.layout_hash})",
+        file=sys.stderr,
+    )
+    if strict and report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def info(
+    bank: Path, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+) -> None:
+    """Rows, layout hash, dtype, shards and ids of a bank."""
+    summary = Bank(bank).info()
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        shown = f"{len(value)} ids" if key == "ids" else value
+        print(f"{key:12} {shown}")
+
+
+@app.command()
+def verify(bank: Path) -> None:
+    """Check every shard's sha256, shape and dtype; name any corrupted shard and exit 1."""
+    problems = Bank(bank).verify()
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        raise typer.Exit(1)
+    print(f"{bank}: ok", file=sys.stderr)
+
+
+@app.command()
+def export(
+    bank: Path,
+    row_id: Annotated[str, typer.Argument(metavar="ID")],
+    dst: Path,
+    to: Annotated[OutFormat, typer.Option(help="Output format.")] = OutFormat.diffusers,
+) -> None:
+    """Write one bank row back out as a LoRA file."""
+    store = Bank(bank)
+    lora = unflatten(store.vector(row_id), store.layout)
+    write_lora(dst, lora, to=to.value, provenance={"bank_row": row_id})
+    typer.echo(f"wrote {dst}", err=True)

@@ -1,0 +1,108 @@
+"""Strict safetensors reading: pickles, truncation and oversized headers are refused up front.
+
+safetensors itself already refuses many of these, but with messages that do not name the file
+or say what to do; these checks run first so the user sees one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lorasynth.atomic import atomic_path
+from lorasynth.errors import LorasynthError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors spec's own limit
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[dict, int]:
+    """Validated JSON header and header length of a safetensors file; refuses anything else."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise LorasynthError(
+            f"{path}: {path.suffix} files are pickles and can run code when loaded; "
+            "refused. Convert it to .safetensors with a trusted tool first"
+        )
+    if not path.is_file():
+        raise LorasynthError(f"{path}: no such file")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+        if len(head) < 9 or head[8:9] != b"{":
+            if _looks_like_pickle(head):
+                raise LorasynthError(
+                    f"{path}: is a pickle (or torch.save zip), not safetensors; refused because "
+                    "loading pickles can run code"
+                )
+            if len(head) < 9:
+                raise LorasynthError(f"{path}: truncated: {size} bytes, too short for safetensors")
+            raise LorasynthError(f"{path}: not a safetensors file (no JSON header)")
+        (n,) = struct.unpack("<Q", head[:8])
+        if n > MAX_HEADER_BYTES:
+            raise LorasynthError(
+                f"{path}: header claims {n:,} bytes, over the {MAX_HEADER_BYTES:,}-byte limit; "
+                "the file is corrupt or not safetensors"
+            )
+        if 8 + n > size:
+            raise LorasynthError(
+                f"{path}: truncated: header needs {8 + n:,} bytes, file has {size:,}"
+            )
+        fh.seek(8)
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise LorasynthError(f"{path}: header is not valid JSON; not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise LorasynthError(f"{path}: header is not a JSON object; not a safetensors file")
+    data_len = size - 8 - n
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            end = int(info["data_offsets"][1])
+        except (KeyError, TypeError, IndexError, ValueError):
+            raise LorasynthError(f"{path}: tensor {key!r} has no valid data_offsets") from None
+        if end > data_len:
+            raise LorasynthError(
+                f"{path}: truncated: tensor {key!r} ends at byte {end:,} of data, "
+                f"file holds {data_len:,}"
+            )
+    return header, n
+
+
+def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the string metadata of a safetensors file, after the strict checks."""
+    header, _ = read_header(path)
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise LorasynthError(f"{path}: __metadata__ is not a JSON object")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LorasynthError(f"{path}: not a readable safetensors file: {exc}") from None
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def save_tensors(
+    path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
+    """Write a safetensors file atomically (contiguous copies; temp file, fsync, rename)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise LorasynthError(f"{path}: output must end in .safetensors")
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    # Pickle protocol 2+ starts with 0x80 <proto>; torch.save's default is a zip archive.
+    return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lorasynth.bank import Bank, Normaliser
+from lorasynth.errors import LorasynthError
+from lorasynth.lora import LoraLayout
+
+LAYOUT = LoraLayout.from_shapes(
+    {"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": (4, 3, 1)}
+)
+
+
+def _bank(tmp_path, rows=10, shard_rows=4):
+    bank = Bank.create(tmp_path / "bank", LAYOUT)
+    vectors = torch.arange(rows * LAYOUT.size, dtype=torch.float32).reshape(rows, -1)
+    bank.append([f"id{i}" for i in range(rows)], vectors, shard_rows=shard_rows)
+    return bank, vectors
+
+
+def test_append_and_read_across_shards(tmp_path):
+    bank, vectors = _bank(tmp_path)
+    assert len(bank) == 10 and len(bank.shards) == 3
+    torch.testing.assert_close(bank.vectors(), vectors)
+    torch.testing.assert_close(bank.vectors(3, 9), vectors[3:9])
+    torch.testing.assert_close(bank.vector("id5"), vectors[5])
+    torch.testing.assert_close(bank.gather([9, 0, 4]), vectors[[9, 0, 4]])
+    assert torch.cat(list(bank.iter_batches(3))).shape == (10, LAYOUT.size)
+
+
+def test_reopen_sees_the_same_rows_and_layout(tmp_path):
+    bank, vectors = _bank(tmp_path)
+    again = Bank(bank.path)
+    assert again.ids == bank.ids and again.layout == LAYOUT
+    torch.testing.assert_close(again.vectors(), vectors)
+
+
+def test_info_contract(tmp_path):
+    bank, _ = _bank(tmp_path)
+    info = bank.info()
+    assert {"rows", "layout_hash", "dtype", "shards", "ids"} <= info.keys()
+    assert info["rows"] == 10 and info["layout_hash"] == LAYOUT.hash and info["dtype"] == "float32"
+
+
+def test_duplicate_ids_and_bad_vectors_are_refused_without_change(tmp_path):
+    bank, _ = _bank(tmp_path)
+    manifest = (bank.path / "manifest.json").read_text()
+    with pytest.raises(LorasynthError, match="id0"):
+        bank.append(["id0"], torch.zeros(1, LAYOUT.size))
+    with pytest.raises(LorasynthError, match="NaN"):
+        bank.append(["new"], torch.full((1, LAYOUT.size), float("nan")))
+    with pytest.raises(LorasynthError, match="values"):
+        bank.append(["new"], torch.zeros(1, LAYOUT.size + 1))
+    assert (bank.path / "manifest.json").read_text() == manifest
+
+
+def test_verify_names_the_corrupted_shard(tmp_path):
+    bank, _ = _bank(tmp_path)
+    assert bank.verify() == []
+    shard = bank.path / bank.shards[1].file
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems = bank.verify()
+    assert len(problems) == 1 and "shard-00001" in problems[0] and "corrupted" in problems[0]
+
+
+def test_verify_reports_missing_shard(tmp_path):
+    bank, _ = _bank(tmp_path)
+    (bank.path / bank.shards[2].file).unlink()
+    assert any("missing shard" in p for p in Bank(bank.path).verify())
+
+
+def test_crash_before_manifest_leaves_bank_unchanged(tmp_path, monkeypatch):
+    bank, _ = _bank(tmp_path)
+    import lorasynth.bank.store as store
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "write_json_atomic", boom)
+    with pytest.raises(OSError):
+        bank.append(["x"], torch.zeros(1, LAYOUT.size))
+    monkeypatch.undo()
+    again = Bank(bank.path)
+    assert len(again) == 10 and again.verify() == []
+    again.append(["x"], torch.ones(1, LAYOUT.size))  # the orphan shard name is reused safely
+    assert len(Bank(bank.path)) == 11 and Bank(bank.path).verify() == []
+
+
+def test_not_a_bank(tmp_path):
+    with pytest.raises(LorasynthError, match="not a bank"):
+        Bank(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"nope": 1}))
+    with pytest.raises(LorasynthError, match="malformed"):
+        Bank(tmp_path)
+
+
+def test_normaliser_fit_save_load(tmp_path):
+    _, vectors = _bank(tmp_path)
+    vectors[:, 0] = 5.0  # a constant coordinate
+    norm = Normaliser.fit([vectors[:4], vectors[4:]], LAYOUT.hash)
+    torch.testing.assert_close(norm.mean, vectors.mean(0))
+    torch.testing.assert_close(norm.std[1:], vectors.std(0)[1:])
+    assert norm.std[0] == 1.0
+    z = norm.encode(vectors)
+    torch.testing.assert_close(norm.decode(z), vectors)
+    path = norm.save(tmp_path / "n.safetensors")
+    loaded = Normaliser.load(path, LAYOUT.hash)
+    assert loaded.hash == norm.hash
+    with pytest.raises(LorasynthError, match="expected other"):
+        Normaliser.load(path, "other")

@@ -1,0 +1,98 @@
+"""Files lorasynth writes load in diffusers and change each targeted weight by (alpha/r) B A."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorasynth.lora import LoraLayout, flatten, read_lora, unflatten, write_lora
+from tests.conftest import random_lora
+
+
+def _effective_delta(module: torch.nn.Module) -> torch.Tensor:
+    """dW that a (possibly LoRA-wrapped) linear layer applies, measured through its forward."""
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    eye = torch.eye(base.in_features, dtype=torch.float32)
+    with torch.no_grad():
+        return (module(eye) - base(eye)).T.double()
+
+
+def _modules(unet) -> dict[str, torch.nn.Module]:
+    return dict(unet.named_modules())
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
+@pytest.mark.parametrize("preset,rank,alpha", [("w2w", 1, 1.0), ("attn", 4, 2.0)])
+def test_written_file_loads_in_diffusers_with_exact_update(
+    tiny_pipeline, tmp_path, fmt, preset, rank, alpha
+):
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, preset, rank)
+    lora = random_lora(layout, seed=3, alpha=alpha)
+    path = write_lora(tmp_path / f"lora-{fmt}.safetensors", lora, to=fmt)
+
+    tiny_pipeline.load_lora_weights(str(path), adapter_name="subject")
+
+    modules = _modules(tiny_pipeline.unet)
+    for name, w in lora.modules.items():
+        expected = (alpha / rank) * (w.up.double() @ w.down.double())
+        got = _effective_delta(modules[name])
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5, msg=name)
+    # Untargeted linear layers are untouched.
+    for name, module in modules.items():
+        if isinstance(module, torch.nn.Linear) and name.endswith("attn1.to_k") and preset == "w2w":
+            assert _effective_delta(module).abs().max() == 0
+
+
+def test_fused_weights_equal_base_plus_update(tiny_pipeline, tmp_path):
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, "attn", 2)
+    lora = random_lora(layout, seed=5, alpha=0.5)
+    before = {m: _modules(tiny_pipeline.unet)[m].weight.detach().clone() for m in layout.modules}
+    path = write_lora(tmp_path / "k.safetensors", lora, to="kohya")
+
+    tiny_pipeline.load_lora_weights(str(path))
+    tiny_pipeline.fuse_lora()
+
+    for name, w in lora.modules.items():
+        layer = _modules(tiny_pipeline.unet)[name]
+        weight = (layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer).weight
+        torch.testing.assert_close(
+            weight.double(), before[name].double() + w.delta(), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_canonical_roundtrip_file_makes_the_same_images_update(tiny_pipeline, tmp_path):
+    """A LoRA -> vector -> LoRA file applies the same dW as the original."""
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, "attn", 4)
+    lora = random_lora(layout, seed=9, alpha=1.0)
+    rebuilt = unflatten(flatten(lora, layout), layout)
+    path = write_lora(tmp_path / "c.safetensors", rebuilt, to="diffusers")
+    assert read_lora(path).layout() == layout
+
+    tiny_pipeline.load_lora_weights(str(path))
+    for name, w in lora.modules.items():
+        got = _effective_delta(_modules(tiny_pipeline.unet)[name])
+        torch.testing.assert_close(got, w.delta(), rtol=1e-4, atol=1e-5)
+
+
+def test_diffusers_peft_save_reads_back(tiny_unet, tmp_path):
+    """A PEFT adapter saved by peft itself (alpha in adapter_config.json) reads exactly."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    unet = copy.deepcopy(tiny_unet)
+    config = LoraConfig(r=2, lora_alpha=6, target_modules=["to_q", "to_v"], init_lora_weights=False)
+    model = get_peft_model(unet, config)
+    model.save_pretrained(str(tmp_path / "adapter"))
+
+    lora = read_lora(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert lora.format == "peft"
+    modules = dict(model.named_modules())
+    for name, w in lora.modules.items():
+        assert w.alpha == 6.0 and w.rank == 2
+        got = _effective_delta(modules[f"base_model.model.{name}"])
+        torch.testing.assert_close(got, w.delta(), rtol=1e-4, atol=1e-5)
+    # Same update through any format gives the same canonical vector.
+    layout = lora.layout()
+    kohya = read_lora(write_lora(tmp_path / "k.safetensors", lora, to="kohya"))
+    torch.testing.assert_close(flatten(kohya, layout), flatten(lora, layout), rtol=1e-5, atol=1e-6)
