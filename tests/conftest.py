@@ -40,7 +40,9 @@ def tiny_tokenizer(folder: Path):
 
     chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    tokenizer = CLIPTokenizer(vocab={tok: i for i, tok in enumerate(tokens)}, merges=[])
+    tokenizer = CLIPTokenizer(
+        vocab={tok: i for i, tok in enumerate(tokens)}, merges=[], model_max_length=16
+    )
     tokenizer.save_pretrained(str(folder))
     return tokenizer
 
@@ -75,7 +77,7 @@ def tiny_pipeline(tmp_path):
             intermediate_size=48,
             num_hidden_layers=1,
             num_attention_heads=2,
-            max_position_embeddings=77,
+            max_position_embeddings=16,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )

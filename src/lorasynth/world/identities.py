@@ -1,0 +1,25 @@
+"""Which integer seeds play which role in the mini-world; fixed for the whole project.
+
+Bank identities (train and held-out) never appear in the data the pipeline or the embedders are
+trained on, so held-out scores measure generalisation to unseen people, as with real faces.
+"""
+
+from __future__ import annotations
+
+from lorasynth.errors import LorasynthError
+
+BANK_TRAIN_START = 0  # bank LoRAs the synthesis models learn from
+BANK_HELDOUT_START = 100_000  # held-out identities: evaluation only, with trained upper-bound LoRAs
+MODEL_TRAINING_START = 1_000_000  # identities the pipeline and the embedders are trained on
+_SPLITS = {"train": BANK_TRAIN_START, "heldout": BANK_HELDOUT_START}
+_SPLIT_LIMIT = 100_000
+
+
+def identity_seeds(split: str, count: int) -> list[int]:
+    """The first `count` identity seeds of a bank split ("train" or "heldout")."""
+    if split not in _SPLITS:
+        raise LorasynthError(f"unknown split {split!r}; choose train or heldout")
+    if not 0 <= count <= _SPLIT_LIMIT:
+        raise LorasynthError(f"count must be in [0, {_SPLIT_LIMIT}], got {count}")
+    start = _SPLITS[split]
+    return list(range(start, start + count))

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from lorasynth.lora import LoraLayout, read_lora, write_lora
+from lorasynth.world.lora_trainer import (
+    LoraTrainConfig,
+    encode_images,
+    encode_prompts,
+    loaded_loras,
+    set_subjects,
+    train_subject_loras,
+)
+
+
+def _data(subjects=3, per_subject=2, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (subjects, per_subject, size, size, 3), dtype=np.uint8)
+    prompts = [
+        [f"a photo of sks person, {c} background" for c in ("red", "blue")][:per_subject]
+    ] * subjects
+    return images, prompts
+
+
+def test_batched_forward_equals_diffusers_loaded_lora(tiny_pipeline, tmp_path):
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, "attn", 2)
+    images, prompts = _data()
+    config = LoraTrainConfig(
+        preset="attn", rank=2, alpha=1.0, steps=3, lr=0.05, samples_per_subject=2
+    )
+    loras, log = train_subject_loras(tiny_pipeline, layout, images, prompts, config, progress=False)
+    assert len(loras) == 3 and len(log["loss"]) == 3
+    assert all(w.up.abs().max() > 0 for w in loras[1].modules.values())
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 8, 8, generator=gen)
+    t = torch.tensor([500])
+    cond = encode_prompts(tiny_pipeline, ["a photo of sks person"])
+
+    reference = copy.deepcopy(tiny_pipeline)
+    path = write_lora(tmp_path / "s1.safetensors", loras[1], to="diffusers")
+    reference.load_lora_weights(str(read_lora(path).path))
+    with torch.no_grad():
+        expected = reference.unet(x, t, encoder_hidden_states=cond).sample
+
+    with loaded_loras(tiny_pipeline.unet, loras, layout) as wrapped, torch.no_grad():
+        set_subjects(wrapped, torch.tensor([1]))
+        got = tiny_pipeline.unet(x, t, encoder_hidden_states=cond).sample
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # The UNet is restored afterwards.
+    assert isinstance(
+        dict(tiny_pipeline.unet.named_modules())[layout.rows[0].module], torch.nn.Linear
+    )
+
+
+def test_training_lowers_each_subjects_loss(tiny_pipeline):
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, "attn", 2)
+    images, prompts = _data(subjects=2, per_subject=2)
+    config = LoraTrainConfig(rank=2, steps=40, lr=0.01, samples_per_subject=2)
+    loras, _ = train_subject_loras(tiny_pipeline, layout, images, prompts, config, progress=False)
+
+    gen = torch.Generator().manual_seed(3)
+    latents = encode_images(tiny_pipeline.vae, images.reshape(-1, 16, 16, 3), gen)
+    cond = encode_prompts(tiny_pipeline, [p for s in prompts for p in s])
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.full((len(latents),), 400)
+    sched = tiny_pipeline.scheduler
+    noisy = sched.add_noise(latents, noise, t)
+    with torch.no_grad():
+        base = (
+            (tiny_pipeline.unet(noisy, t, encoder_hidden_states=cond).sample - noise) ** 2
+        ).mean()
+        with loaded_loras(tiny_pipeline.unet, loras, layout) as wrapped:
+            set_subjects(wrapped, torch.arange(2).repeat_interleave(2))
+            tuned = (
+                (tiny_pipeline.unet(noisy, t, encoder_hidden_states=cond).sample - noise) ** 2
+            ).mean()
+    assert tuned < base
