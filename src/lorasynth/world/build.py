@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorasynth.errors import LorasynthError
@@ -29,10 +29,12 @@ class WorldConfig:
 
     train_identities: int = 3000
     heldout_identities: int = 300
-    bank: BankBuildConfig = BankBuildConfig(
-        images_per_identity=8,
-        chunk=32,
-        lora=LoraTrainConfig(preset="w2w", rank=1, steps=200, lr=3e-3, samples_per_subject=2),
+    bank: BankBuildConfig = field(
+        default_factory=lambda: BankBuildConfig(
+            images_per_identity=8,
+            chunk=32,
+            lora=LoraTrainConfig(preset="w2w", rank=1, steps=200, lr=3e-3, samples_per_subject=2),
+        )
     )
     embedder_steps: int = 6000
     vae_steps: int = 3000
