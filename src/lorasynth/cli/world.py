@@ -1,7 +1,79 @@
 """`lorasynth world ...`: the mini-world."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from lorasynth.atomic import write_json_atomic
+from lorasynth.errors import LorasynthError
+
 app = typer.Typer(
-    help="The mini-world: render faces, build and verify the shipped models.", no_args_is_help=True
+    help="The mini-world: render faces, build and verify the shipped models.",
+    no_args_is_help=True,
 )
+
+MAX_IMAGES = 100_000
+
+
+@app.callback()
+def _world() -> None:
+    """The mini-world: render faces, build and verify the shipped models."""
+    # A callback keeps `world` a command group even while it has a single command.
+
+
+@app.command()
+def render(
+    identity: Annotated[int, typer.Option(help="Identity seed: any integer.")],
+    out: Annotated[Path, typer.Option(help="Output folder (created; must be empty).")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 8,
+    size: Annotated[int, typer.Option(help="Image side in pixels (16 to 1024).")] = 32,
+    nuisance_seed: Annotated[int, typer.Option(help="Seed of the nuisance sequence.")] = 0,
+    subject: Annotated[
+        str, typer.Option(help="Subject phrase that starts every caption.")
+    ] = "a photo of a person",
+    force: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
+) -> None:
+    """Render N photos of one identity: OUT/0000.png ... and OUT/identity.json."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from lorasynth.world.attributes import caption, identity_attributes
+    from lorasynth.world.render import MAX_SIZE, MIN_SIZE, iter_identity
+
+    if not 1 <= n <= MAX_IMAGES:
+        raise LorasynthError(f"--n must be between 1 and {MAX_IMAGES}, got {n}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise LorasynthError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
+    if out.exists() and not out.is_dir():
+        raise LorasynthError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise LorasynthError(f"--out {out} is not empty; choose a new folder or pass --force")
+    out.mkdir(parents=True, exist_ok=True)
+
+    width = max(4, len(str(n - 1)))
+    images = []
+    shots = iter_identity(identity, n, nuisance_seed, size)
+    progress = tqdm(shots, total=n, desc="render", unit="img", disable=n < 1000)
+    for i, (image, nuisance) in enumerate(progress):
+        name = f"{i:0{width}d}.png"
+        Image.fromarray(image).save(out / name, format="PNG")
+        images.append(
+            {
+                "file": name,
+                "nuisance": nuisance.to_dict(),
+                "caption": caption(nuisance, subject=subject),
+            }
+        )
+    record = {
+        "identity": identity,
+        "nuisance_seed": nuisance_seed,
+        "size": size,
+        "attributes": identity_attributes(identity).to_dict(),
+        "images": images,
+    }
+    # Written last and atomically: a folder with identity.json is a complete one.
+    write_json_atomic(out / "identity.json", record)
+    typer.echo(f"wrote {n} image(s) of identity {identity} to {out}", err=True)

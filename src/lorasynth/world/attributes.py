@@ -1,0 +1,279 @@
+"""Who a mini-world face is (identity attributes) and how one photo of them looks (nuisances).
+
+An identity is any Python int; its attributes are drawn from a generator seeded by that int
+alone, so nuisance sampling can never change who a face is. Captions name the nuisances that a
+downstream model should obey (background colour above all), never the identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lorasynth.errors import LorasynthError
+
+# Domain tags keep the identity and nuisance streams of one seed independent of each other.
+_IDENTITY_DOMAIN = 0x1D3A7
+_NUISANCE_DOMAIN = 0x6E15A
+
+# Named so captions can say "blue background" and an evaluator can check it by colour.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "red": (200, 40, 40),
+    "green": (50, 160, 60),
+    "blue": (40, 80, 210),
+    "yellow": (235, 210, 50),
+    "purple": (130, 60, 170),
+    "orange": (240, 140, 30),
+    "gray": (128, 128, 128),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+    "teal": (30, 150, 150),
+}
+
+# Caption thresholds; sample_nuisance keeps values away from them so captions are unambiguous.
+SMILE_THRESHOLD = 0.5
+EYES_CLOSED_THRESHOLD = 0.3
+TURNED_THRESHOLD = 0.5
+
+
+def _as_int(value: Any, what: str) -> int:
+    """Any integer-like value (Python or numpy int, not bool or float) as a Python int."""
+    if isinstance(value, bool):
+        raise LorasynthError(f"{what} must be an integer, got the bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise LorasynthError(f"{what} must be an integer, got {value!r}") from None
+
+
+def _number(value: Any, what: str, low: float, high: float) -> float:
+    """A real number in [low, high] (Python or numpy, not bool) as a float."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
+        raise LorasynthError(f"{what} must be a number, got {value!r}")
+    number = float(value)
+    if not low <= number <= high:  # also refuses NaN
+        raise LorasynthError(f"{what} must be in [{low}, {high}], got {value!r}")
+    return number
+
+
+def _seed_words(value: int) -> list[int]:
+    # SeedSequence takes only non-negative ints (of any size): encode the sign separately.
+    return [1 if value < 0 else 0, abs(value)]
+
+
+def identity_rng(seed: int) -> np.random.Generator:
+    """The generator that fixes an identity's attributes; depends on the identity seed only."""
+    words = _seed_words(_as_int(seed, "identity seed"))
+    return np.random.default_rng(np.random.SeedSequence([_IDENTITY_DOMAIN, *words]))
+
+
+def nuisance_rng(seed: int, nuisance_seed: int = 0) -> np.random.Generator:
+    """The generator for the nuisances of one identity's photos."""
+    words = _seed_words(_as_int(seed, "identity seed"))
+    words += _seed_words(_as_int(nuisance_seed, "nuisance seed"))
+    return np.random.default_rng(np.random.SeedSequence([_NUISANCE_DOMAIN, *words]))
+
+
+@dataclass(frozen=True)
+class IdentityAttributes:
+    """Continuous identity attributes, each in [0, 1]; render.py maps them to geometry/colour.
+
+    The field order is the order of `as_vector()` and of `ATTRIBUTE_NAMES`: never reorder,
+    only append (it is the ground truth an attribute regressor is scored against).
+    """
+
+    head_width: float
+    head_height: float
+    jaw_taper: float  # 0 square jaw, 1 pointed chin
+    skin_tone: float  # 0 very light, 1 very dark
+    skin_undertone: float  # 0 cool/pink, 1 warm/olive
+    eye_spacing: float
+    eye_size: float
+    eye_height: float  # vertical position of the eye line
+    eye_colour: float  # dark brown -> hazel -> green -> blue -> grey
+    brow_thickness: float
+    brow_tilt: float  # 0 inner ends down (stern), 1 inner ends up (worried)
+    nose_length: float
+    nose_width: float
+    mouth_width: float
+    lip_colour: float  # pale pink -> red -> brown
+    hair_colour: float  # black -> brown -> auburn -> blond -> platinum
+    hair_length: float  # 0 cropped, 1 past the shoulders
+    hair_volume: float  # how far the hair stands out from the skull
+    hair_fringe: float  # 0 high/receding hairline, 1 low fringe
+    hair_parting: float  # 0 parted far left, 0.5 centre, 1 far right
+    ear_size: float
+    facial_hair: float  # 0 clean shaven, 1 full beard
+
+    ATTRIBUTE_NAMES: ClassVar[tuple[str, ...]]
+
+    def __post_init__(self) -> None:
+        for name in ATTRIBUTE_NAMES:
+            value = _number(getattr(self, name), f"identity attribute {name}", 0.0, 1.0)
+            object.__setattr__(self, name, value)
+
+    def to_dict(self) -> dict[str, float]:
+        """Attribute name -> value, in `ATTRIBUTE_NAMES` order."""
+        return {name: getattr(self, name) for name in ATTRIBUTE_NAMES}
+
+    def as_vector(self) -> np.ndarray:
+        """A float64 vector in `ATTRIBUTE_NAMES` order."""
+        return np.array([getattr(self, name) for name in ATTRIBUTE_NAMES], dtype=np.float64)
+
+    @classmethod
+    def from_vector(cls, vector: Any) -> IdentityAttributes:
+        """Inverse of `as_vector`."""
+        values = np.asarray(vector, dtype=np.float64).reshape(-1)
+        if values.shape[0] != len(ATTRIBUTE_NAMES):
+            raise LorasynthError(
+                f"identity attribute vector must have {len(ATTRIBUTE_NAMES)} values, "
+                f"got {values.shape[0]}"
+            )
+        return cls(*(float(v) for v in values))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, float]) -> IdentityAttributes:
+        """Inverse of `to_dict`; unknown or missing names are an error."""
+        unknown = sorted(set(values) - set(ATTRIBUTE_NAMES))
+        missing = [name for name in ATTRIBUTE_NAMES if name not in values]
+        if unknown or missing:
+            raise LorasynthError(
+                f"identity attributes: unknown names {unknown}, missing names {missing}"
+            )
+        return cls(**{name: float(values[name]) for name in ATTRIBUTE_NAMES})
+
+
+ATTRIBUTE_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(IdentityAttributes))
+IdentityAttributes.ATTRIBUTE_NAMES = ATTRIBUTE_NAMES
+
+
+def identity_attributes(seed: int) -> IdentityAttributes:
+    """The attributes of identity `seed` (any int, negative or huge included); deterministic."""
+    # Uniform draws spread identities evenly over the attribute cube: that is what keeps
+    # tens of thousands of them visibly apart.
+    values = identity_rng(seed).random(len(ATTRIBUTE_NAMES))
+    return IdentityAttributes.from_vector(values)
+
+
+@dataclass(frozen=True)
+class Nuisance:
+    """How one photo of an identity looks: pose, lighting, expression, background, accessories.
+
+    yaw in [-1, 1] turns the face toward the image's right when positive; roll in degrees;
+    offsets in fractions of the image width/height; light angle in degrees (0 = from the
+    image's right, 90 = from below), strength in [0, 1]; smile and eye openness in [0, 1].
+    """
+
+    yaw: float = 0.0
+    roll_deg: float = 0.0
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+    scale: float = 1.0
+    light_angle_deg: float = 0.0
+    light_strength: float = 0.0
+    brightness: float = 1.0
+    smile: float = 0.0
+    eye_openness: float = 1.0
+    background: str = "gray"
+    glasses: bool = False
+    hat: bool = False
+
+    _RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        "yaw": (-1.0, 1.0),
+        "roll_deg": (-30.0, 30.0),
+        "offset_x": (-0.25, 0.25),
+        "offset_y": (-0.25, 0.25),
+        "scale": (0.5, 1.5),
+        "light_angle_deg": (0.0, 360.0),
+        "light_strength": (0.0, 1.0),
+        "brightness": (0.5, 1.5),
+        "smile": (0.0, 1.0),
+        "eye_openness": (0.0, 1.0),
+    }
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in self._RANGES.items():
+            value = _number(getattr(self, name), f"nuisance {name}", low, high)
+            object.__setattr__(self, name, value)
+        if not isinstance(self.background, str) or self.background not in BACKGROUNDS:
+            raise LorasynthError(
+                f"unknown background {self.background!r}; choose one of {sorted(BACKGROUNDS)}"
+            )
+        for name in ("glasses", "hat"):
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_):
+                raise LorasynthError(f"nuisance {name} must be true or false, got {value!r}")
+            object.__setattr__(self, name, bool(value))
+
+    @classmethod
+    def neutral(cls) -> Nuisance:
+        """Frontal, centred, evenly lit, neutral expression, gray background, no accessories."""
+        return cls()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field name -> value (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Nuisance:
+        """Inverse of `to_dict`; unknown names are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise LorasynthError(f"nuisance: unknown names {unknown}; known are {sorted(known)}")
+        return cls(**values)
+
+
+def sample_nuisance(rng: np.random.Generator) -> Nuisance:
+    """One random nuisance; draws a fixed number of values in a fixed order (deterministic)."""
+    u = rng.random(14)
+    names = list(BACKGROUNDS)
+    # Captioned quantities are bimodal, away from the caption thresholds, so "smiling" or
+    # "facing left" is never a coin flip near the boundary.
+    turned = u[0] < 0.35
+    yaw = (0.6 + 0.4 * u[1]) * (1.0 if u[2] < 0.5 else -1.0) if turned else 0.5 * u[1] - 0.25
+    smiling = u[3] < 0.5
+    smile = 0.6 + 0.4 * u[4] if smiling else 0.3 * u[4]
+    closed = u[5] < 0.12
+    eye_openness = 0.15 * u[6] if closed else 0.6 + 0.4 * u[6]
+    return Nuisance(
+        yaw=float(yaw),
+        roll_deg=float(24.0 * u[7] - 12.0),
+        offset_x=float(0.16 * u[8] - 0.08),
+        offset_y=float(0.12 * u[9] - 0.06),
+        scale=float(0.85 + 0.3 * u[10]),
+        light_angle_deg=float(360.0 * u[11]),
+        light_strength=float(u[12]),
+        brightness=float(0.85 + 0.3 * u[13]),
+        smile=float(smile),
+        eye_openness=float(eye_openness),
+        background=names[int(rng.integers(len(names)))],
+        glasses=bool(rng.random() < 0.25),
+        hat=bool(rng.random() < 0.2),
+    )
+
+
+def caption(nuisance: Nuisance, subject: str = "a photo of a person") -> str:
+    """The training caption: subject, then the captioned nuisances, comma separated.
+
+    e.g. "a photo of a person, smiling, blue background, wearing glasses".
+    Directions are the image's ("facing left" = the face turned toward the image's left).
+    """
+    parts = [subject]
+    if nuisance.smile >= SMILE_THRESHOLD:
+        parts.append("smiling")
+    if nuisance.eye_openness < EYES_CLOSED_THRESHOLD:
+        parts.append("eyes closed")
+    if nuisance.yaw >= TURNED_THRESHOLD:
+        parts.append("facing right")
+    elif nuisance.yaw <= -TURNED_THRESHOLD:
+        parts.append("facing left")
+    parts.append(f"{nuisance.background} background")
+    worn = [name for name, on in (("glasses", nuisance.glasses), ("a hat", nuisance.hat)) if on]
+    if worn:
+        parts.append("wearing " + " and ".join(worn))
+    return ", ".join(parts)
