@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -77,3 +78,49 @@ def render(
     # Written last and atomically: a folder with identity.json is a complete one.
     write_json_atomic(out / "identity.json", record)
     typer.echo(f"wrote {n} image(s) of identity {identity} to {out}", err=True)
+
+
+@app.command()
+def build(
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            help="One stage: embedders, vae, unet, bank, heldout (default: all, in order)."
+        ),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from checkpoints in build/.")] = True,
+) -> None:
+    """Train the mini-world's shipped models (hours on 2 cores; resumable stage by stage)."""
+    from lorasynth.world.build import build as run_build
+
+    results = run_build(stage, resume=resume)
+    typer.echo(f"built stages: {', '.join(results)}", err=True)
+
+
+@app.command()
+def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """What the shipped mini-world holds: identities, layout, embedders, sizes, measured numbers."""
+    import json
+
+    from lorasynth.world.build import world_info
+
+    summary = world_info()
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        if key != "measured":
+            print(f"{key:20} {value}")
+
+
+@app.command()
+def verify() -> None:
+    """Check every shipped mini-world file against the manifest's sha256 and the size budget."""
+    from lorasynth.world.assets import verify_assets
+
+    problems = verify_assets()
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        raise typer.Exit(1)
+    print("mini-world: ok", file=sys.stderr)
