@@ -1,0 +1,1 @@
+"""Synthesis models: the LoRA VAE, the conditional diffusion prior, samplers."""

@@ -1,0 +1,165 @@
+"""The prior's denoiser: a residual MLP over vectors, conditioned on a face embedding.
+
+Two conditioning mechanisms with one interface, `Denoiser(x_t, t, cond, drop=None)`:
+- adanorm: the condition joins the timestep in adaLN-Zero (scale, shift and gate of every
+  block's normalised activations come from them; zero-initialised so blocks start as identity).
+- adalora: the timestep alone drives adaLN-Zero; the condition generates per-sample low-rank
+  deltas of each block's own linear weights, W + U(c) V(c)^T (zero-initialised U).
+Condition dropout for classifier-free guidance lives in the condition embedder: rows with
+`drop` (or dropped at random while training) use a learned null embedding instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from lorasynth.errors import LorasynthError
+
+CONDITIONINGS = ("adanorm", "adalora")
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    data_dim: int
+    cond_dim: int
+    width: int = 512
+    depth: int = 6
+    conditioning: str = "adalora"
+    adalora_rank: int = 8
+    cond_embed_dim: int = 256
+    cond_dropout: float = 0.1
+    target: str = "v"
+
+    def __post_init__(self) -> None:
+        if self.conditioning not in CONDITIONINGS:
+            raise LorasynthError(
+                f"unknown conditioning {self.conditioning!r}; choose {' or '.join(CONDITIONINGS)}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of t in [0, 1] (scaled to the usual 0..1000 range)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, dtype=torch.float32) / half)
+    args = (t.float() * 1000)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class ConditionEmbedder(nn.Module):
+    """Face embedding -> condition vector; a learned null vector stands in for dropped rows."""
+
+    def __init__(self, cond_dim: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(cond_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim)
+        )
+        self.null = nn.Parameter(torch.zeros(out_dim))
+        self.dropout = dropout
+
+    def forward(
+        self,
+        cond: torch.Tensor,
+        drop: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        if drop is None and self.training and self.dropout > 0:
+            drop = torch.rand(cond.shape[0], generator=generator) < self.dropout
+        out = self.net(cond)
+        if drop is not None:
+            out = torch.where(drop[:, None], self.null.expand_as(out), out)
+        return out
+
+
+class AdaLoraLinear(nn.Module):
+    """Linear layer whose weight gets a per-sample low-rank delta generated from the condition."""
+
+    def __init__(self, d_in: int, d_out: int, cond_dim: int, rank: int) -> None:
+        super().__init__()
+        self.base = nn.Linear(d_in, d_out)
+        self.rank = rank
+        self.make_v = nn.Linear(cond_dim, d_in * rank)
+        self.make_u = nn.Linear(cond_dim, d_out * rank)
+        nn.init.zeros_(self.make_u.weight)  # start as the plain linear layer
+        nn.init.zeros_(self.make_u.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        v = self.make_v(c).view(-1, x.shape[-1], self.rank) / math.sqrt(x.shape[-1])
+        u = self.make_u(c).view(-1, self.base.out_features, self.rank)
+        low = torch.einsum("bi,bir->br", x, v)
+        return self.base(x) + torch.einsum("br,bor->bo", low, u)
+
+
+class Block(nn.Module):
+    """Pre-norm residual MLP block with adaLN-Zero; its two linears may be AdaLoRA layers."""
+
+    def __init__(self, width: int, mod_dim: int, cond_dim: int, adalora_rank: int | None) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.modulation = nn.Linear(mod_dim, 3 * width)
+        nn.init.zeros_(self.modulation.weight)  # adaLN-Zero: the block starts as the identity
+        nn.init.zeros_(self.modulation.bias)
+        if adalora_rank:
+            self.fc1 = AdaLoraLinear(width, 2 * width, cond_dim, adalora_rank)
+            self.fc2 = AdaLoraLinear(2 * width, width, cond_dim, adalora_rank)
+        else:
+            self.fc1, self.fc2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+        self.act = nn.SiLU()
+
+    def forward(self, h: torch.Tensor, mod: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(mod).chunk(3, dim=-1)
+        x = modulate(self.norm(h), shift, scale)
+        if isinstance(self.fc1, AdaLoraLinear):
+            x = self.fc2(self.act(self.fc1(x, c)), c)
+        else:
+            x = self.fc2(self.act(self.fc1(x)))
+        return h + gate * x
+
+
+class Denoiser(nn.Module):
+    """Predicts config.target for x_t at time t given a face embedding."""
+
+    def __init__(self, config: DenoiserConfig) -> None:
+        super().__init__()
+        self.config = config
+        w, e = config.width, config.cond_embed_dim
+        self.cond_embedder = ConditionEmbedder(config.cond_dim, e, config.cond_dropout)
+        self.time_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+        self.inp = nn.Linear(config.data_dim, w)
+        adalora = config.conditioning == "adalora"
+        mod_dim = w if adalora else w + e
+        self.blocks = nn.ModuleList(
+            Block(w, mod_dim, e, config.adalora_rank if adalora else None)
+            for _ in range(config.depth)
+        )
+        self.out_norm = nn.LayerNorm(w, elementwise_affine=False)
+        self.out = nn.Linear(w, config.data_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        drop: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        c = self.cond_embedder(cond, drop, generator)
+        temb = self.time_mlp(timestep_embedding(t, self.config.width))
+        mod = temb if self.config.conditioning == "adalora" else torch.cat([temb, c], dim=-1)
+        mod = torch.nn.functional.silu(mod)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, mod, c)
+        return self.out(self.out_norm(h))
