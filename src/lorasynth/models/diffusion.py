@@ -64,11 +64,22 @@ def diffusion_loss(
     cond: torch.Tensor,
     target: str,
     generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MSE between the model's prediction and the target at uniformly drawn times."""
-    t = T_MIN + (T_MAX - T_MIN) * torch.rand(x0.shape[0], generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
+    """MSE between the model's prediction and the target at uniformly drawn times.
+
+    `t` and `eps` may be given (e.g. drawn for a global batch and sliced per process).
+    """
+    if t is None:
+        t = T_MIN + (T_MAX - T_MIN) * torch.rand(x0.shape[0], generator=generator)
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator)
     alpha, sigma = (append_dims(v, x0.ndim) for v in alpha_sigma(t))
     x_t = alpha * x0 + sigma * eps
     pred = model(x_t, t, cond)
     return torch.nn.functional.mse_loss(pred, make_target(target, x0, eps, t))
+
+
+def draw_times(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    return T_MIN + (T_MAX - T_MIN) * torch.rand(n, generator=generator)

@@ -62,13 +62,25 @@ class LoraVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
+    def forward(
+        self, x: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction from a posterior sample (given standard-normal `noise`), mean, log-var."""
+        mean, logvar = self.encode(x)
+        return self.decode(mean + torch.exp(0.5 * logvar) * noise), mean, logvar
+
     def loss(
         self, x: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Reconstruction MSE (per coordinate) + kl_weight * KL (per latent dim)."""
-        mean, logvar = self.encode(x)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
-        recon = torch.nn.functional.mse_loss(self.decode(z), x)
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
-        total = recon + self.config.kl_weight * kl
-        return total, {"recon": recon.item(), "kl": kl.item()}
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        noise = torch.randn(x.shape[0], self.config.latent_dim, generator=generator)
+        return vae_loss(self(x, noise), x, self.config.kl_weight)
+
+
+def vae_loss(
+    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], x: torch.Tensor, kl_weight: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Reconstruction MSE (per coordinate) + kl_weight * KL (per latent dim), and both parts."""
+    recon_x, mean, logvar = outputs
+    recon = torch.nn.functional.mse_loss(recon_x, x)
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+    return recon + kl_weight * kl, {"recon": recon, "kl": kl}

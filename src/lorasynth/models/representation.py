@@ -1,0 +1,95 @@
+"""What the prior diffuses over: VAE latents (default), PCA coefficients, or raw vectors.
+
+All three map normalised canonical vectors z <-> prior space x; the prior additionally
+standardises x per coordinate (its own stored mean/std), like SD's latent scaling factor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lorasynth.errors import LorasynthError
+from lorasynth.models.store import weights_hash
+from lorasynth.models.vae import LoraVAE
+
+REPRESENTATIONS = ("vae", "pca", "raw")
+
+
+class Representation:
+    kind = "raw"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    @property
+    def id(self) -> str:
+        return "raw"
+
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class VaeRepresentation(Representation):
+    kind = "vae"
+
+    def __init__(self, vae: LoraVAE, digest: str) -> None:
+        super().__init__(vae.config.latent_dim)
+        self.vae = vae.eval()
+        self.digest = digest
+
+    @property
+    def id(self) -> str:
+        return f"vae:{self.digest}"
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(z)[0]
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(x)
+
+
+class PcaRepresentation(Representation):
+    kind = "pca"
+
+    def __init__(self, mean: torch.Tensor, components: torch.Tensor) -> None:
+        super().__init__(components.shape[0])
+        self.mean = mean
+        self.components = components  # (k, D), orthonormal rows
+
+    @property
+    def id(self) -> str:
+        return f"pca:{weights_hash({'mean': self.mean, 'components': self.components})}"
+
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) @ self.components.T
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.components + self.mean
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"pca_mean": self.mean, "pca_components": self.components}
+
+    @classmethod
+    def fit(cls, z: torch.Tensor, k: int, seed: int = 0) -> PcaRepresentation:
+        """Top-k principal directions of the rows of z (randomised SVD, seeded)."""
+        if k > min(z.shape):
+            raise LorasynthError(f"PCA dimension {k} exceeds min(rows, dim) = {min(z.shape)}")
+        mean = z.mean(0)
+        torch.manual_seed(
+            seed
+        )  # pca_lowrank takes no generator; fix its sketch for reproducibility
+        _, _, v = torch.pca_lowrank(z - mean, q=min(k + 10, min(z.shape)), center=False, niter=4)
+        return cls(mean, v[:, :k].T.contiguous())
+
+
+def check_representation(kind: str) -> str:
+    if kind not in REPRESENTATIONS:
+        raise LorasynthError(
+            f"unknown representation {kind!r}; choose one of {', '.join(REPRESENTATIONS)}"
+        )
+    return kind

@@ -1,0 +1,361 @@
+"""Training loops for the LoRA VAE and the diffusion prior: linear, resumable, accelerate-ready.
+
+Both loops read the bank through its memory-mapped shards one batch at a time, so memory does
+not grow with bank size. Under `accelerate launch` each process takes its slice of the same
+global batch (indices, times and noise are drawn from a per-step seed), and gradients are
+averaged, so 2 processes follow the 1-process loss curve up to float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from lorasynth.atomic import write_json_atomic
+from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
+from lorasynth.bank.conditions import ConditionTable
+from lorasynth.checkpoint import load_training_state, save_training_state
+from lorasynth.errors import LorasynthError
+from lorasynth.models.denoiser import Denoiser, DenoiserConfig
+from lorasynth.models.diffusion import check_target, diffusion_loss, draw_times
+from lorasynth.models.representation import (
+    PcaRepresentation,
+    Representation,
+    VaeRepresentation,
+    check_representation,
+)
+from lorasynth.models.store import Provenance, load_vae, save_model
+from lorasynth.models.vae import LoraVAE, LoraVAEConfig, vae_loss
+
+VAE_FILE = "lora-vae.safetensors"
+PRIOR_FILE = "prior.safetensors"
+STATE_FILE = "state.safetensors"
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    latent_dim: int = 64
+    hidden: int = 512
+    depth: int = 2
+    kl_weight: float = 1e-4
+    dropout: float = 0.0
+    steps: int = 4000
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    checkpoint_every: int = 500
+
+
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    representation: str = "vae"  # vae | pca | raw
+    pca_dim: int = 64
+    width: int = 512
+    depth: int = 6
+    conditioning: str = "adalora"
+    adalora_rank: int = 8
+    cond_embed_dim: int = 256
+    cond_dropout: float = 0.1
+    target: str = "v"
+    steps: int = 20000
+    batch_size: int = 256
+    lr: float = 3e-4
+    ema: float = 0.999
+    latent_noise: float = 0.0  # sample VAE posteriors instead of means (augmentation)
+    seed: int = 0
+    checkpoint_every: int = 1000
+
+
+class _Run:
+    """The bookkeeping shared by both loops: accelerate, run folder, log, checkpoint cadence."""
+
+    def __init__(self, out_dir: Path, config, kind: str) -> None:
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(cpu=True)
+        self.out = Path(out_dir)
+        self.config = config
+        self.kind = kind
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(
+                self.out / "config.json",
+                {"kind": kind, "config": asdict(config), "processes": self.world},
+            )
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        """This process's share of a global batch."""
+        return x[self.rank :: self.world]
+
+    def step_generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+
+    def log(self, step: int, values: dict) -> None:
+        if self.is_main:
+            with open(self.out / "log.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": step, **values}) + "\n")
+
+    def mean_across(self, value: torch.Tensor) -> float:
+        return self.accelerator.gather(value.detach().reshape(1)).mean().item()
+
+
+def _bank_and_normaliser(bank_path: Path) -> tuple[Bank, Normaliser]:
+    bank = Bank(bank_path)
+    norm_path = bank.path / NORMALISER_FILE
+    if not norm_path.is_file():
+        raise LorasynthError(
+            f"{bank.path}: no {NORMALISER_FILE}; run `lorasynth bank ingest` again to fit it"
+        )
+    return bank, Normaliser.load(norm_path, bank.layout_hash)
+
+
+def _resume(run: _Run, resume: bool, modules: dict, optimizers: dict) -> int:
+    state_path = run.out / STATE_FILE
+    if resume and state_path.is_file():
+        state = load_training_state(state_path, modules=modules, optimizers=optimizers)
+        if state["config"] != asdict(run.config):
+            raise LorasynthError(
+                f"{state_path}: was trained with another config; use a new --out or --no-resume"
+            )
+        return state["step"]
+    if run.is_main:
+        (run.out / "log.jsonl").unlink(missing_ok=True)
+    return 0
+
+
+def _save_state(run: _Run, step: int, modules: dict, optimizers: dict) -> None:
+    run.accelerator.wait_for_everyone()
+    if run.is_main:
+        save_training_state(
+            run.out / STATE_FILE,
+            step=step,
+            modules=modules,
+            optimizers=optimizers,
+            config=asdict(run.config),
+        )
+
+
+def train_vae(
+    bank_path: str | Path,
+    out_dir: str | Path,
+    config: VAETrainConfig,
+    resume: bool = True,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> Path | None:
+    """Fit the LoRA VAE on the bank's normalised vectors; writes OUT/lora-vae.safetensors.
+
+    `stop_at` ends this run early at that step with a checkpoint (returns None): long trainings
+    then proceed in time-boxed pieces.
+    """
+    run = _Run(Path(out_dir), config, "vae")
+    bank, norm = _bank_and_normaliser(Path(bank_path))
+    torch.manual_seed(config.seed)
+    model = LoraVAE(
+        LoraVAEConfig(
+            bank.dim,
+            config.latent_dim,
+            config.hidden,
+            config.depth,
+            config.kl_weight,
+            config.dropout,
+        )
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    start = _resume(run, resume, {"model": model}, {"opt": optimizer})
+    ddp_model, optimizer = run.accelerator.prepare(model, optimizer)
+    began = time.perf_counter()
+    end = min(config.steps, stop_at or config.steps)
+    bar = tqdm(
+        range(start, end),
+        desc="train vae",
+        disable=not (progress and run.is_main),
+        initial=start,
+        total=config.steps,
+    )
+    for step in bar:
+        gen = run.step_generator(step)
+        rows = torch.randint(len(bank), (config.batch_size,), generator=gen)
+        eps = torch.randn(config.batch_size, config.latent_dim, generator=gen)
+        z = norm.encode(bank.gather(run.local(rows).tolist()))
+        loss, parts = vae_loss(ddp_model(z, run.local(eps)), z, config.kl_weight)
+        optimizer.zero_grad(set_to_none=True)
+        run.accelerator.backward(loss)
+        optimizer.step()
+        logged = {
+            "loss": run.mean_across(loss),
+            **{k: run.mean_across(v) for k, v in parts.items()},
+        }
+        run.log(step, logged)
+        bar.set_postfix(recon=f"{logged['recon']:.4f}")
+        if (step + 1) % config.checkpoint_every == 0:
+            _save_state(run, step + 1, {"model": model}, {"opt": optimizer})
+    _save_state(run, end, {"model": model}, {"opt": optimizer})
+    if end < config.steps:
+        return None
+    out = run.out / VAE_FILE
+    if run.is_main:
+        provenance = Provenance(bank.layout_hash, norm.hash)
+        save_model(out, "lorasynth-lora-vae", model, asdict(model.config), provenance)
+        _write_summary(run, began, {"recon_last": _tail_mean(run.out / "log.jsonl", "recon")})
+    run.accelerator.wait_for_everyone()
+    return out
+
+
+def _representation(
+    config: PriorTrainConfig, bank: Bank, norm: Normaliser, vae_path: Path | None
+) -> Representation:
+    check_representation(config.representation)
+    if config.representation == "raw":
+        return Representation(bank.dim)
+    if config.representation == "pca":
+        sample = norm.encode(bank.vectors(0, min(len(bank), 20_000)))
+        return PcaRepresentation.fit(sample, config.pca_dim, config.seed)
+    if vae_path is None:
+        raise LorasynthError("representation 'vae' needs --vae (a lora-vae.safetensors)")
+    vae, provenance, digest = load_vae(vae_path)
+    provenance.check(vae_path, layout_hash=bank.layout_hash, normaliser_hash=norm.hash)
+    return VaeRepresentation(vae, digest)
+
+
+def _latent_stats(
+    rep: Representation, bank: Bank, norm: Normaliser
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-coordinate mean/std of the bank in prior space, streamed (one pass)."""
+    total, sums, squares = (
+        0,
+        torch.zeros(rep.dim, dtype=torch.float64),
+        torch.zeros(rep.dim, dtype=torch.float64),
+    )
+    for batch in bank.iter_batches(1024):
+        x = rep.encode(norm.encode(batch)).double()
+        total += len(x)
+        sums += x.sum(0)
+        squares += (x * x).sum(0)
+    mean = sums / total
+    std = (squares / total - mean * mean).clamp_min(1e-12).sqrt()
+    return mean.float(), std.float()
+
+
+def train_prior(
+    bank_path: str | Path,
+    conditions_path: str | Path,
+    out_dir: str | Path,
+    config: PriorTrainConfig,
+    vae_path: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> Path | None:
+    """Fit the conditional diffusion prior; writes OUT/prior.safetensors (EMA weights).
+
+    `stop_at` ends this run early at that step with a checkpoint (returns None).
+    """
+    check_target(config.target)
+    run = _Run(Path(out_dir), config, "prior")
+    bank, norm = _bank_and_normaliser(Path(bank_path))
+    table = ConditionTable.load(conditions_path)
+    cond_rows = table.index_for(bank.ids)
+    rep = _representation(config, bank, norm, Path(vae_path) if vae_path else None)
+    mean, std = _latent_stats(rep, bank, norm)
+    torch.manual_seed(config.seed)
+    model = Denoiser(
+        DenoiserConfig(
+            rep.dim,
+            table.embeddings.shape[-1],
+            config.width,
+            config.depth,
+            config.conditioning,
+            config.adalora_rank,
+            config.cond_embed_dim,
+            config.cond_dropout,
+            config.target,
+        )
+    )
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    modules = {"model": model, "ema": ema}
+    start = _resume(run, resume, modules, {"opt": optimizer})
+    ddp_model, optimizer = run.accelerator.prepare(model, optimizer)
+    began = time.perf_counter()
+    end = min(config.steps, stop_at or config.steps)
+    bar = tqdm(
+        range(start, end),
+        desc=f"train prior ({config.conditioning}, {config.target})",
+        disable=not (progress and run.is_main),
+        initial=start,
+        total=config.steps,
+    )
+    n_photos = table.embeddings.shape[1]
+    for step in bar:
+        gen = run.step_generator(step)
+        rows = torch.randint(len(bank), (config.batch_size,), generator=gen)
+        photos = torch.randint(n_photos, (config.batch_size,), generator=gen)
+        t = draw_times(config.batch_size, gen)
+        eps = torch.randn(config.batch_size, rep.dim, generator=gen)
+        drop = torch.rand(config.batch_size, generator=gen) < config.cond_dropout
+        jitter = torch.randn(config.batch_size, rep.dim, generator=gen) * config.latent_noise
+        local_rows = run.local(rows)
+        x0 = (
+            rep.encode(norm.encode(bank.gather(local_rows.tolist()))) + run.local(jitter) - mean
+        ) / std
+        cond = table.embeddings[cond_rows[local_rows], run.local(photos)]
+        local_drop = run.local(drop)
+        loss = diffusion_loss(
+            lambda x, tt, c: ddp_model(x, tt, c, drop=local_drop),
+            x0,
+            cond,
+            config.target,
+            t=run.local(t),
+            eps=run.local(eps),
+        )
+        optimizer.zero_grad(set_to_none=True)
+        run.accelerator.backward(loss)
+        optimizer.step()
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - config.ema)
+        logged = {"loss": run.mean_across(loss)}
+        run.log(step, logged)
+        bar.set_postfix(loss=f"{logged['loss']:.4f}")
+        if (step + 1) % config.checkpoint_every == 0:
+            _save_state(run, step + 1, modules, {"opt": optimizer})
+    _save_state(run, end, modules, {"opt": optimizer})
+    if end < config.steps:
+        return None
+    out = run.out / PRIOR_FILE
+    if run.is_main:
+        extra = {"latent_mean": mean, "latent_std": std}
+        if isinstance(rep, PcaRepresentation):
+            extra.update(rep.tensors())
+        provenance = Provenance(bank.layout_hash, norm.hash, table.embedder_id, rep.id)
+        save_model(out, "lorasynth-prior", ema, asdict(ema.config), provenance, extra)
+        _write_summary(run, began, {"loss_last": _tail_mean(run.out / "log.jsonl", "loss")})
+    run.accelerator.wait_for_everyone()
+    return out
+
+
+def _tail_mean(log_path: Path, key: str, n: int = 100) -> float | None:
+    if not log_path.is_file():
+        return None
+    values = [json.loads(line)[key] for line in log_path.read_text().splitlines()[-n:]]
+    return sum(values) / len(values) if values else None
+
+
+def _write_summary(run: _Run, began: float, measured: dict) -> None:
+    write_json_atomic(
+        run.out / "summary.json",
+        {"seconds_this_run": round(time.perf_counter() - began, 1), **measured},
+    )

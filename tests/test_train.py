@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
+from lorasynth.bank.conditions import ConditionTable
+from lorasynth.errors import LorasynthError
+from lorasynth.lora import LoraLayout
+from lorasynth.models.store import load_prior, load_vae
+from lorasynth.train import PriorTrainConfig, VAETrainConfig, train_prior, train_vae
+
+LAYOUT = LoraLayout.from_shapes(
+    {"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": (20, 12, 3)}
+)
+
+
+def make_synthetic_bank(folder, rows=96, photos=3, emb=8, seed=0):
+    """Vectors that are a fixed function of the subject's embedding, plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    identity = torch.nn.functional.normalize(torch.randn(rows, emb, generator=gen), dim=-1)
+    mix = torch.randn(emb, LAYOUT.size, generator=gen)
+    vectors = torch.tanh(identity @ mix) + 0.01 * torch.randn(rows, LAYOUT.size, generator=gen)
+    bank = Bank.create(folder / "bank", LAYOUT)
+    ids = [f"s{i:03d}" for i in range(rows)]
+    bank.append(ids, vectors, shard_rows=40)
+    Normaliser.fit([vectors], LAYOUT.hash).save(bank.path / NORMALISER_FILE)
+    noisy = identity[:, None] + 0.05 * torch.randn(rows, photos, emb, generator=gen)
+    table = ConditionTable(
+        list(reversed(ids)), torch.nn.functional.normalize(noisy, dim=-1).flip(0), "test-embedder"
+    )
+    table.save(folder / "conditions.safetensors")
+    return bank.path, folder / "conditions.safetensors"
+
+
+VAE_CFG = VAETrainConfig(
+    latent_dim=8, hidden=64, depth=1, steps=60, batch_size=32, lr=3e-3, checkpoint_every=20
+)
+PRIOR_CFG = PriorTrainConfig(
+    width=64,
+    depth=2,
+    adalora_rank=4,
+    cond_embed_dim=32,
+    steps=60,
+    batch_size=32,
+    lr=3e-3,
+    checkpoint_every=20,
+    ema=0.9,
+)
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_vae_then_prior_train_and_record_provenance(tmp_path):
+    bank, cond = make_synthetic_bank(tmp_path)
+    vae_path = train_vae(bank, tmp_path / "vae", VAE_CFG, progress=False)
+    losses = _losses(tmp_path / "vae")
+    assert sum(losses[-10:]) < sum(losses[:10])
+    vae, prov, _ = load_vae(vae_path)
+    assert prov.layout_hash == LAYOUT.hash and vae.config.latent_dim == 8
+
+    prior_path = train_prior(
+        bank, cond, tmp_path / "prior", PRIOR_CFG, vae_path=vae_path, progress=False
+    )
+    model, prov, extra, _ = load_prior(prior_path)
+    assert prov.embedder_id == "test-embedder" and prov.representation.startswith("vae:")
+    assert extra["latent_std"].shape == (8,)
+    assert json.loads((tmp_path / "prior" / "config.json").read_text())["config"]["target"] == "v"
+
+
+@pytest.mark.parametrize("representation", ["pca", "raw"])
+def test_prior_over_pca_or_raw(tmp_path, representation):
+    bank, cond = make_synthetic_bank(tmp_path)
+    cfg = replace(PRIOR_CFG, representation=representation, pca_dim=6, steps=10)
+    _, prov, extra, _ = load_prior(train_prior(bank, cond, tmp_path / "p", cfg, progress=False))
+    assert prov.representation.split(":")[0] == representation
+    assert ("pca_components" in extra) == (representation == "pca")
+
+
+def test_resume_gives_the_same_run(tmp_path):
+    bank, cond = make_synthetic_bank(tmp_path)
+    cfg = replace(PRIOR_CFG, representation="raw", steps=40)
+    straight = train_prior(bank, cond, tmp_path / "a", cfg, progress=False)
+    assert train_prior(bank, cond, tmp_path / "b", cfg, progress=False, stop_at=20) is None
+    assert not (tmp_path / "b" / "prior.safetensors").exists()
+    resumed = train_prior(bank, cond, tmp_path / "b", cfg, progress=False)
+    a, _, _, _ = load_prior(straight)
+    b, _, _, _ = load_prior(resumed)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
+    assert _losses(tmp_path / "b") == pytest.approx(_losses(tmp_path / "a"), rel=1e-5)
+    with pytest.raises(LorasynthError, match="another config"):
+        train_prior(bank, cond, tmp_path / "b", replace(cfg, lr=1.0), progress=False)
+
+
+def test_mismatched_vae_is_refused(tmp_path):
+    bank, cond = make_synthetic_bank(tmp_path)
+    vae_path = train_vae(bank, tmp_path / "vae", replace(VAE_CFG, steps=2), progress=False)
+    other, _ = make_synthetic_bank(tmp_path / "other", seed=1)
+    with pytest.raises(LorasynthError, match="normaliser"):
+        train_prior(other, cond, tmp_path / "p", PRIOR_CFG, vae_path=vae_path, progress=False)
+
+
+def test_two_processes_follow_the_one_process_loss_curve(tmp_path):
+    bank, cond = make_synthetic_bank(tmp_path)
+    script = "\n".join(
+        [
+            "import sys",
+            "sys.path.insert(0, '.')",
+            "from dataclasses import replace",
+            "from pathlib import Path",
+            "from lorasynth.train import train_prior",
+            "from tests.test_train import PRIOR_CFG",
+            "cfg = replace(PRIOR_CFG, representation='raw', steps=15, ema=0.9)",
+            "train_prior(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), cfg, progress=False)",
+        ]
+    )
+    (tmp_path / "run.py").write_text(script)
+    for n, out in ((1, "one"), (2, "two")):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--cpu",
+                "--num_processes",
+                str(n),
+                "--num_machines",
+                "1",
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                str(tmp_path / "run.py"),
+                str(bank),
+                str(cond),
+                str(tmp_path / out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-3, abs=1e-5)
