@@ -70,7 +70,7 @@ def test_vae_then_prior_train_and_record_provenance(tmp_path):
     prior_path = train_prior(
         bank, cond, tmp_path / "prior", PRIOR_CFG, vae_path=vae_path, progress=False
     )
-    model, prov, extra, _ = load_prior(prior_path)
+    _, prov, extra, _ = load_prior(prior_path)
     assert prov.embedder_id == "test-embedder" and prov.representation.startswith("vae:")
     assert extra["latent_std"].shape == (8,)
     assert json.loads((tmp_path / "prior" / "config.json").read_text())["config"]["target"] == "v"

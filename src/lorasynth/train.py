@@ -314,7 +314,7 @@ def train_prior(
         cond = table.embeddings[cond_rows[local_rows], run.local(photos)]
         local_drop = run.local(drop)
         loss = diffusion_loss(
-            lambda x, tt, c: ddp_model(x, tt, c, drop=local_drop),
+            lambda x, tt, c, drop=local_drop: ddp_model(x, tt, c, drop=drop),
             x0,
             cond,
             config.target,
