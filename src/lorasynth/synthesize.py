@@ -1,0 +1,273 @@
+"""Zero-shot LoRA synthesis: photo(s) -> embedding -> LoRA, by the prior or a baseline.
+
+Methods (one interface):
+- diffusion: sample the conditional prior, decode (VAE/PCA/raw), un-normalise, unflatten;
+- nearest:   the bank LoRA whose subject embedding is closest to the photo's;
+- lincomb:   a ridge-weighted linear combination of the k nearest bank LoRAs (weights2weights
+             style: the bank mean plus weighted deviations), weights fitted in embedding space.
+Models are loaded once (`Synthesizer.load`); each call then costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
+from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
+from lorasynth.errors import LorasynthError
+from lorasynth.lora import LoraFile, unflatten, write_lora
+from lorasynth.models.representation import PcaRepresentation, Representation, VaeRepresentation
+from lorasynth.models.sampling import sample
+from lorasynth.models.store import load_prior, load_vae
+from lorasynth.paths import mini_world_dir
+
+METHODS = ("diffusion", "nearest", "lincomb")
+Photo = str | os.PathLike[str] | bytes | np.ndarray
+
+
+@dataclass
+class SynthesisResult:
+    lora: LoraFile
+    method: str
+    seed: int
+    time_ms: float
+    layout_hash: str
+    path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "method": self.method,
+            "seed": self.seed,
+            "time_ms": round(self.time_ms, 3),
+            "layout_hash": self.layout_hash,
+            **({"path": str(self.path)} if self.path else {}),
+            **self.extra,
+        }
+
+
+@dataclass
+class Prior:
+    model: torch.nn.Module
+    representation: Representation
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    name: str
+
+    @classmethod
+    def load(
+        cls, path: Path, bank: Bank, normaliser: Normaliser, embedder_id: str, vae_path: Path | None
+    ) -> Prior:
+        model, provenance, extra, digest = load_prior(path)
+        provenance.check(
+            path,
+            layout_hash=bank.layout_hash,
+            normaliser_hash=normaliser.hash,
+            embedder_id=embedder_id,
+        )
+        kind = provenance.representation.split(":")[0]
+        if kind == "vae":
+            if vae_path is None or not vae_path.is_file():
+                raise LorasynthError(
+                    f"{path}: this prior decodes through a LoRA VAE; give its file (--vae)"
+                )
+            vae, vae_provenance, vae_digest = load_vae(vae_path)
+            vae_provenance.check(
+                vae_path, layout_hash=bank.layout_hash, normaliser_hash=normaliser.hash
+            )
+            rep: Representation = VaeRepresentation(vae, vae_digest)
+        elif kind == "pca":
+            rep = PcaRepresentation(extra["pca_mean"], extra["pca_components"])
+        else:
+            rep = Representation(bank.dim)
+        provenance.check(path, representation=rep.id)
+        return cls(model, rep, extra["latent_mean"], extra["latent_std"], f"{path.stem}:{digest}")
+
+    @torch.no_grad()
+    def sample_normalised(
+        self, cond: torch.Tensor, steps: int, guidance: float, seed: int
+    ) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        x = sample(
+            self.model,
+            cond,
+            self.representation.dim,
+            self.model.config.target,
+            steps,
+            guidance,
+            0.0,
+            gen,
+        )
+        return self.representation.decode(x * self.latent_std + self.latent_mean)
+
+
+class Synthesizer:
+    """Everything synthesis needs, loaded once: bank, normaliser, conditions, embedder, prior."""
+
+    def __init__(
+        self,
+        bank: Bank,
+        embedder,
+        prior: Prior | None = None,
+        lincomb_k: int = 32,
+        lincomb_ridge: float = 0.05,
+    ) -> None:
+        self.bank = bank
+        self.layout = bank.layout
+        self.normaliser = Normaliser.load(bank.path / NORMALISER_FILE, bank.layout_hash)
+        self.embedder = embedder
+        table = ConditionTable.load(bank.path / CONDITIONS_FILE, embedder.embedder_id)
+        self.bank_embeddings = table.mean_embeddings()[table.index_for(bank.ids)]
+        self.prior = prior
+        self.lincomb_k = lincomb_k
+        self.lincomb_ridge = lincomb_ridge
+        self._vectors: torch.Tensor | None = None
+
+    @classmethod
+    def load(
+        cls,
+        bank: str | os.PathLike[str] | None = None,
+        prior: str | os.PathLike[str] | None = None,
+        vae: str | os.PathLike[str] | None = None,
+        embedder: str = "mini-arcface",
+    ) -> Synthesizer:
+        """Defaults: the shipped mini-world (bank, default prior and VAE, mini-arcface)."""
+        from lorasynth.faces.mini import load_embedder
+
+        root = mini_world_dir() / "synthesis"
+        bank_store = Bank(bank or mini_world_dir() / "bank")
+        face_embedder = load_embedder(embedder)
+        synth = cls(bank_store, face_embedder)
+        prior_path = Path(prior) if prior else root / "prior.safetensors"
+        if prior_path.is_file():
+            vae_path = Path(vae) if vae else root / "lora-vae.safetensors"
+            synth.prior = Prior.load(
+                prior_path, bank_store, synth.normaliser, face_embedder.embedder_id, vae_path
+            )
+        elif prior:
+            raise LorasynthError(f"{prior_path}: no such prior file")
+        return synth
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        """All bank vectors (loaded on first use by the bank baselines)."""
+        if self._vectors is None:
+            self._vectors = self.bank.vectors()
+        return self._vectors
+
+    # ---- embeddings ------------------------------------------------------------------------
+    def embed(self, photos: Sequence[Photo]) -> torch.Tensor:
+        """One L2-normalised condition from one or more photos (mean in embedding space)."""
+        from lorasynth.faces.mini import embed_images
+
+        if not photos:
+            raise LorasynthError("give at least one photo")
+        size = self.embedder.config.image_size
+        images = np.stack([_photo_array(p, size) for p in photos])
+        embeddings = embed_images(self.embedder, images)
+        return torch.nn.functional.normalize(embeddings.mean(0), dim=0)
+
+    # ---- methods ---------------------------------------------------------------------------
+    def vectors_for(
+        self,
+        cond: torch.Tensor,
+        method: str = "diffusion",
+        seed: int = 0,
+        guidance: float = 1.0,
+        steps: int = 25,
+    ) -> torch.Tensor:
+        """Canonical vectors (B, D) for condition embeddings (B, E)."""
+        if method == "diffusion":
+            if self.prior is None:
+                raise LorasynthError(
+                    "no prior loaded: train one (`lorasynth train prior`) or pick --method nearest|lincomb"
+                )
+            return self.normaliser.decode(self.prior.sample_normalised(cond, steps, guidance, seed))
+        if method == "nearest":
+            return self.vectors[(cond @ self.bank_embeddings.T).argmax(dim=1)]
+        if method == "lincomb":
+            return torch.stack([self._lincomb(c) for c in cond])
+        raise LorasynthError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+    def _lincomb(self, cond: torch.Tensor) -> torch.Tensor:
+        k = min(self.lincomb_k, len(self.bank))
+        top = (self.bank_embeddings @ cond).topk(k).indices
+        basis = self.bank_embeddings[top].double()  # (k, E)
+        centre = self.bank_embeddings.mean(0).double()
+        # Ridge: find w with centre + (basis - centre)^T w ~ cond, small |w|.
+        deviations = basis - centre
+        gram = deviations @ deviations.T + self.lincomb_ridge * torch.eye(k, dtype=torch.float64)
+        w = torch.linalg.solve(gram, deviations @ (cond.double() - centre))
+        mean_vector = self.normaliser.mean.double()
+        return (mean_vector + w @ (self.vectors[top].double() - mean_vector)).float()
+
+    def synthesize(
+        self,
+        photos: Sequence[Photo],
+        method: str = "diffusion",
+        seed: int = 0,
+        guidance: float = 1.0,
+        steps: int = 25,
+        out: str | os.PathLike[str] | None = None,
+        fmt: str = "diffusers",
+    ) -> SynthesisResult:
+        """Photo(s) -> LoRA (written to `out` if given); time_ms covers photo bytes to file."""
+        start = time.perf_counter()
+        cond = self.embed(photos)
+        vector = self.vectors_for(cond[None], method, seed, guidance, steps)[0]
+        lora = unflatten(vector, self.layout, self._provenance(method, seed, guidance, steps))
+        path = Path(out) if out else None
+        if path is not None:
+            write_lora(path, lora, to=fmt, title=f"lorasynth {method}")
+        elapsed = (time.perf_counter() - start) * 1000
+        return SynthesisResult(lora, method, seed, elapsed, self.layout.hash, path)
+
+    def _provenance(self, method: str, seed: int, guidance: float, steps: int) -> dict[str, str]:
+        meta = {
+            "lorasynth.method": method,
+            "lorasynth.seed": str(seed),
+            "lorasynth.embedder_id": self.embedder.embedder_id or "",
+            "lorasynth.normaliser_hash": self.normaliser.hash,
+        }
+        if method == "diffusion" and self.prior is not None:
+            meta.update(
+                {
+                    "lorasynth.prior": self.prior.name,
+                    "lorasynth.guidance": str(guidance),
+                    "lorasynth.steps": str(steps),
+                }
+            )
+        return meta
+
+
+def _photo_array(photo: Photo, size: int) -> np.ndarray:
+    from lorasynth.faces.mini import load_photo
+
+    if isinstance(photo, np.ndarray):
+        if photo.ndim != 3 or photo.shape[-1] != 3:
+            raise LorasynthError(f"a photo array must be (H, W, 3) RGB, got shape {photo.shape}")
+        if photo.shape[:2] != (size, size):
+            from PIL import Image
+
+            photo = np.asarray(
+                Image.fromarray(photo).resize((size, size), Image.Resampling.BILINEAR)
+            )
+        return photo
+    if isinstance(photo, bytes):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(photo)) as im:
+                image = im.convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise LorasynthError(f"photo bytes are not a readable image: {exc}") from None
+        return _photo_array(np.asarray(image, dtype=np.uint8), size)
+    return load_photo(photo, size)

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
+from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
+from lorasynth.errors import LorasynthError
+from lorasynth.faces.mini import EmbedderConfig, MiniEmbedder, embed_images, save_embedder
+from lorasynth.lora import LoraLayout, read_lora
+from lorasynth.synthesize import Synthesizer
+from lorasynth.train import PriorTrainConfig, VAETrainConfig, train_prior, train_vae
+from lorasynth.world.render import render_identity
+
+LAYOUT = LoraLayout.from_shapes(
+    {"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": (16, 8, 2)}
+)
+ROWS, PHOTOS = 40, 3
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A bank whose vectors are a function of its subjects' (random-embedder) face embeddings."""
+    root = tmp_path_factory.mktemp("synth")
+    torch.manual_seed(0)
+    embedder = MiniEmbedder(EmbedderConfig("tiny", "plain", (8, 8), (1, 1), 16)).eval()
+    save_embedder(embedder, root / "embedder.safetensors")
+    photos = np.stack(
+        [np.stack([im for im, _ in render_identity(s, PHOTOS, 5)]) for s in range(ROWS)]
+    )
+    emb = embed_images(embedder, photos.reshape(-1, 32, 32, 3)).reshape(ROWS, PHOTOS, -1)
+    mix = torch.randn(16, LAYOUT.size, generator=torch.Generator().manual_seed(1))
+    vectors = torch.nn.functional.normalize(emb.mean(1), dim=-1) @ mix
+    ids = [f"id-{s:07d}" for s in range(ROWS)]
+    bank = Bank.create(root / "bank", LAYOUT)
+    bank.append(ids, vectors)
+    Normaliser.fit([vectors], LAYOUT.hash).save(bank.path / NORMALISER_FILE)
+    ConditionTable(ids, emb, embedder.embedder_id).save(bank.path / CONDITIONS_FILE)
+    vae = train_vae(
+        bank.path,
+        root / "vae",
+        VAETrainConfig(latent_dim=6, hidden=32, depth=1, steps=30, batch_size=16),
+        progress=False,
+    )
+    prior = train_prior(
+        bank.path,
+        bank.path / CONDITIONS_FILE,
+        root / "prior",
+        PriorTrainConfig(
+            width=32, depth=1, adalora_rank=2, cond_embed_dim=16, steps=30, batch_size=16
+        ),
+        vae_path=vae,
+        progress=False,
+    )
+    synth = Synthesizer(Bank(bank.path), embedder)
+    from lorasynth.synthesize import Prior
+
+    synth.prior = Prior.load(prior, synth.bank, synth.normaliser, embedder.embedder_id, vae)
+    return synth, photos, vectors, root
+
+
+def test_nearest_returns_the_bank_lora_of_the_closest_subject(world):
+    synth, photos, vectors, _ = world
+    result = synth.synthesize([photos[7, 0], photos[7, 1]], method="nearest")
+    cond = synth.embed([photos[7, 0], photos[7, 1]])
+    closest = int((synth.bank_embeddings @ cond).argmax())
+    v = torch.cat(
+        [torch.cat([m.down.flatten(), m.up.flatten()]) for m in result.lora.modules.values()]
+    )
+    torch.testing.assert_close(v, vectors[closest])
+
+
+def test_every_method_writes_a_loadable_file(world, tmp_path):
+    synth, photos, _, _ = world
+    for method in ("diffusion", "nearest", "lincomb"):
+        out = tmp_path / f"{method}.safetensors"
+        result = synth.synthesize([photos[3, 0]], method=method, seed=1, out=out, fmt="kohya")
+        lora = read_lora(out, layout=LAYOUT)
+        assert lora.metadata["lorasynth.method"] == method
+        assert result.time_ms > 0 and result.layout_hash == LAYOUT.hash
+        assert "photo" not in " ".join(lora.metadata) and "embedding" not in " ".join(lora.metadata)
+
+
+def test_diffusion_is_seeded(world):
+    synth, photos, _, _ = world
+    cond = synth.embed([photos[2, 0]])[None]
+    a = synth.vectors_for(cond, "diffusion", seed=5)
+    assert torch.equal(a, synth.vectors_for(cond, "diffusion", seed=5))
+    assert not torch.equal(a, synth.vectors_for(cond, "diffusion", seed=6))
+
+
+def test_lincomb_interpolates_toward_the_subject(world):
+    synth, photos, vectors, _ = world
+    cond = synth.embed(list(photos[11]))[None]
+    v = synth.vectors_for(cond, "lincomb")[0]
+    mean = vectors.mean(0)
+    assert (v - vectors[11]).norm() < (mean - vectors[11]).norm()
+
+
+def test_errors(world, tmp_path):
+    synth, _, _, root = world
+    with pytest.raises(LorasynthError, match="unknown method"):
+        synth.vectors_for(torch.zeros(1, 16), "magic")
+    with pytest.raises(LorasynthError, match="no such photo"):
+        synth.synthesize([tmp_path / "missing.png"])
+    with pytest.raises(LorasynthError, match="not a readable image"):
+        synth.synthesize([b"not an image"])
+    other = MiniEmbedder(EmbedderConfig("tiny2", "plain", (8, 8), (1, 1), 16))
+    save_embedder(other, tmp_path / "other.safetensors")
+    with pytest.raises(LorasynthError, match="embeddings come from"):
+        Synthesizer(synth.bank, other)
