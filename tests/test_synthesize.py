@@ -99,7 +99,7 @@ def test_lincomb_interpolates_toward_the_subject(world):
 
 
 def test_errors(world, tmp_path):
-    synth, _, _, root = world
+    synth, _, _, _ = world
     with pytest.raises(LorasynthError, match="unknown method"):
         synth.vectors_for(torch.zeros(1, 16), "magic")
     with pytest.raises(LorasynthError, match="no such photo"):
