@@ -110,3 +110,72 @@ def test_errors(world, tmp_path):
     save_embedder(other, tmp_path / "other.safetensors")
     with pytest.raises(LorasynthError, match="embeddings come from"):
         Synthesizer(synth.bank, other)
+
+
+def test_synthesize_cli_json_and_train_cli(world, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from tests.conftest import assert_one_line_error, run_cli
+
+    synth, photos, _, root = world
+    photo = tmp_path / "me.png"
+    Image.fromarray(photos[4, 0]).save(photo)
+    out = tmp_path / "me.safetensors"
+    proc = run_cli(
+        "synthesize",
+        photo,
+        "--out",
+        out,
+        "--bank",
+        synth.bank.path,
+        "--prior",
+        root / "prior" / "prior.safetensors",
+        "--vae",
+        root / "vae" / "lora-vae.safetensors",
+        "--embedder",
+        root / "embedder.safetensors",
+        "--json",
+        "--seed",
+        "3",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (
+        report["method"] == "diffusion"
+        and report["seed"] == 3
+        and report["layout_hash"] == LAYOUT.hash
+    )
+    assert 0 < report["time_ms"] < 10_000
+    assert read_lora(out).metadata["lorasynth.seed"] == "3"
+    assert_one_line_error(
+        run_cli(
+            "synthesize",
+            tmp_path / "nope.png",
+            "--out",
+            out,
+            "--bank",
+            synth.bank.path,
+            "--embedder",
+            root / "embedder.safetensors",
+            "--method",
+            "nearest",
+        ),
+        "no such photo",
+    )
+    proc = run_cli(
+        "train",
+        "vae",
+        synth.bank.path,
+        "--out",
+        tmp_path / "v",
+        "--set",
+        "steps=3",
+        "--set",
+        "hidden=16",
+        "--set",
+        "latent_dim=4",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "v" / "lora-vae.safetensors").is_file()

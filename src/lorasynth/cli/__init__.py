@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -19,11 +20,14 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `import lorasynth.cli` stays light and sub-apps may import app helpers.
-    from lorasynth.cli import bank, lora, world
+    from lorasynth.cli import bank, embed, lora, synth, train, world
 
     app.add_typer(lora.app, name="lora")
     app.add_typer(bank.app, name="bank")
     app.add_typer(world.app, name="world")
+    app.add_typer(train.app, name="train")
+    synth.register(app)
+    embed.register(app)
 
 
 def fail(message: str) -> None:
@@ -34,7 +38,20 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _quiet_libraries() -> None:
+    # Users see lorasynth's own progress and errors; library chatter (and any hub access) is off.
+    for var, value in (
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("DIFFUSERS_VERBOSITY", "error"),
+        ("HF_HUB_OFFLINE", "1"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+    ):
+        os.environ.setdefault(var, value)
+
+
 def main() -> None:
+    _quiet_libraries()
     _register()
     try:
         result = app(standalone_mode=False)

@@ -11,6 +11,11 @@ from lorasynth.errors import LorasynthError
 def load_pipeline(path: str | os.PathLike[str]):
     """A diffusers StableDiffusionPipeline saved with save_pretrained; never touches a hub."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
     path = Path(path)
     if not (path / "model_index.json").is_file():

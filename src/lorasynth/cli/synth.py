@@ -1,0 +1,87 @@
+"""`lorasynth synthesize` and `lorasynth generate`: photo -> LoRA file, LoRA file -> images."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lorasynth.cli.lora import OutFormat
+
+
+class Method(StrEnum):
+    diffusion = "diffusion"
+    nearest = "nearest"
+    lincomb = "lincomb"
+
+
+def synthesize(
+    photos: Annotated[list[Path], typer.Argument(help="One or more photos of the subject.")],
+    out: Annotated[Path, typer.Option(help="LoRA file to write (.safetensors).")],
+    method: Annotated[Method, typer.Option(help="How to make the LoRA.")] = Method.diffusion,
+    fmt: Annotated[
+        OutFormat, typer.Option("--format", help="Output format.")
+    ] = OutFormat.diffusers,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 1.0,
+    steps: Annotated[int, typer.Option(min=1, help="Sampling steps.")] = 25,
+    bank: Annotated[
+        Path | None, typer.Option(help="Bank (default: the shipped mini-world).")
+    ] = None,
+    prior: Annotated[Path | None, typer.Option(help="Prior file (default: shipped).")] = None,
+    vae: Annotated[Path | None, typer.Option(help="LoRA VAE file (default: shipped).")] = None,
+    embedder: Annotated[str, typer.Option(help="Conditioning embedder.")] = "mini-arcface",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print method, seed, time_ms, layout_hash.")
+    ] = False,
+) -> None:
+    """Make a subject's LoRA from photo(s) in milliseconds, with no training."""
+    from lorasynth.synthesize import Synthesizer
+
+    synth = Synthesizer.load(bank=bank, prior=prior, vae=vae, embedder=embedder)
+    result = synth.synthesize(photos, method.value, seed, guidance, steps, out=out, fmt=fmt.value)
+    if as_json:
+        print(json.dumps(result.to_json()))
+    else:
+        typer.echo(f"wrote {out} ({method.value}, {result.time_ms:.1f} ms)", err=True)
+
+
+def generate(
+    lora: Annotated[
+        Path | None, typer.Option(help="LoRA file to apply (none: the base model).")
+    ] = None,
+    prompt: Annotated[str, typer.Option(help="Text prompt.")] = "a photo of sks person",
+    n: Annotated[int, typer.Option("--n", min=1, max=1000, help="Number of images.")] = 4,
+    out: Annotated[Path, typer.Option(help="Output folder for PNGs.")] = Path("generated"),
+    base: Annotated[str, typer.Option(help="'mini' or a diffusers pipeline folder.")] = "mini",
+    seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 25,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 3.0,
+    scale: Annotated[
+        int, typer.Option(min=1, max=16, help="Also save copies enlarged this many times.")
+    ] = 1,
+) -> None:
+    """Generate images with a LoRA on the base pipeline (PNG files in --out)."""
+    from lorasynth.generate import generate_images, load_base
+    from lorasynth.lora import read_lora
+
+    if lora is not None:
+        read_lora(lora)  # fail fast, before loading the pipeline
+    pipe = load_base(base)
+    images = generate_images(pipe, prompt, n, seed=seed, steps=steps, guidance=guidance, lora=lora)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        image.save(out / f"{i:04d}.png")
+        if scale > 1:
+            image.resize((image.width * scale, image.height * scale), 0).save(
+                out / f"{i:04d}-x{scale}.png"
+            )
+    typer.echo(f"wrote {len(images)} image(s) to {out}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("synthesize")(synthesize)
+    app.command("generate")(generate)
