@@ -39,7 +39,7 @@ def synthesize(
     ] = False,
 ) -> None:
     """Make a subject's LoRA from photo(s) in milliseconds, with no training."""
-    from lorasynth.synthesize import Synthesizer
+    from lorasynth.synthesis import Synthesizer
 
     synth = Synthesizer.load(bank=bank, prior=prior, vae=vae, embedder=embedder)
     result = synth.synthesize(photos, method.value, seed, guidance, steps, out=out, fmt=fmt.value)

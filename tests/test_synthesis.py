@@ -9,7 +9,7 @@ from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
 from lorasynth.errors import LorasynthError
 from lorasynth.faces.mini import EmbedderConfig, MiniEmbedder, embed_images, save_embedder
 from lorasynth.lora import LoraLayout, read_lora
-from lorasynth.synthesize import Synthesizer
+from lorasynth.synthesis import Synthesizer
 from lorasynth.train import PriorTrainConfig, VAETrainConfig, train_prior, train_vae
 from lorasynth.world.render import render_identity
 
@@ -54,7 +54,7 @@ def world(tmp_path_factory):
         progress=False,
     )
     synth = Synthesizer(Bank(bank.path), embedder)
-    from lorasynth.synthesize import Prior
+    from lorasynth.synthesis import Prior
 
     synth.prior = Prior.load(prior, synth.bank, synth.normaliser, embedder.embedder_id, vae)
     return synth, photos, vectors, root
@@ -179,3 +179,11 @@ def test_synthesize_cli_json_and_train_cli(world, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "v" / "lora-vae.safetensors").is_file()
+
+
+def test_python_api_mirrors_the_cli(world, tmp_path):
+    import lorasynth
+
+    synth, photos, _, _ = world
+    result = lorasynth.synthesize([photos[1, 0]], out=tmp_path / "a.safetensors", method="lincomb", synthesizer=synth)
+    assert result.path.is_file() and result.method == "lincomb"
