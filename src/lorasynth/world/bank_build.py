@@ -21,7 +21,7 @@ import torch
 from lorasynth.atomic import write_json_atomic
 from lorasynth.lora import LoraLayout, write_lora
 from lorasynth.world.attributes import caption
-from lorasynth.world.identities import identity_seeds
+from lorasynth.world.identities import LORA_TRAINING_PHOTOS, bank_id, identity_seeds
 from lorasynth.world.lora_trainer import LoraTrainConfig, train_subject_loras
 from lorasynth.world.render import render_identity
 
@@ -30,7 +30,7 @@ from lorasynth.world.render import render_identity
 class BankBuildConfig:
     images_per_identity: int = 8
     chunk: int = 32
-    nuisance_seed: int = 0
+    nuisance_seed: int = LORA_TRAINING_PHOTOS
     image_size: int = 32
     lora: LoraTrainConfig = field(default_factory=LoraTrainConfig)
 
@@ -45,7 +45,7 @@ class BankBuildConfig:
 
 
 def lora_path(out_dir: Path, seed: int) -> Path:
-    return out_dir / f"id-{seed:07d}.safetensors"
+    return out_dir / f"{bank_id(seed)}.safetensors"
 
 
 def identity_training_data(seed: int, config: BankBuildConfig) -> tuple[np.ndarray, list[str]]:

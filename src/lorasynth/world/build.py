@@ -21,6 +21,7 @@ from lorasynth.paths import build_dir, mini_world_dir
 from lorasynth.world.assets import load_manifest, record_stage
 from lorasynth.world.bank_build import BankBuildConfig
 from lorasynth.world.lora_trainer import LoraTrainConfig
+from lorasynth.world.synthesis_build import SynthesisBuildConfig
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class WorldConfig:
     vae_steps: int = 3000
     unet_steps: int = 20000
     workers: int = 2
+    synthesis: SynthesisBuildConfig = field(default_factory=SynthesisBuildConfig)
 
 
 WORLD = WorldConfig()
@@ -159,12 +161,41 @@ def _run_workers(
         raise LorasynthError(f"bank workers failed with exit codes {codes}; rerun to resume")
 
 
+def _stage_conditions(world: WorldConfig, resume: bool, progress: bool) -> dict:
+    from lorasynth.world.synthesis_build import build_conditions
+
+    files = [
+        build_conditions(
+            mini_world_dir() / name, world.synthesis.condition_photos, progress=progress
+        )
+        for name in ("bank", "bank-heldout")
+    ]
+    measured = {"photos_per_identity": world.synthesis.condition_photos, "embedder": "mini-arcface"}
+    record_stage(
+        "conditions", files, "python -m lorasynth world build --stage conditions", measured
+    )
+    return measured
+
+
+def _stage_synthesis(world: WorldConfig, resume: bool, progress: bool) -> dict:
+    from lorasynth.world.synthesis_build import build_synthesis_models
+
+    made = build_synthesis_models(world.synthesis, resume=resume, progress=progress)
+    files = sorted(p for p in (mini_world_dir() / "synthesis").rglob("*.safetensors"))
+    record_stage(
+        "synthesis", files, "python -m lorasynth world build --stage synthesis", {"files": made}
+    )
+    return made
+
+
 STAGES: dict[str, Callable[[WorldConfig, bool, bool], dict]] = {
     "embedders": _stage_embedders,
     "vae": _stage_vae,
     "unet": _stage_unet,
     "bank": _bank_split("train", lambda w: w.train_identities, "bank"),
     "heldout": _bank_split("heldout", lambda w: w.heldout_identities, "bank-heldout"),
+    "conditions": _stage_conditions,
+    "synthesis": _stage_synthesis,
 }
 
 

@@ -23,3 +23,15 @@ def identity_seeds(split: str, count: int) -> list[int]:
         raise LorasynthError(f"count must be in [0, {_SPLIT_LIMIT}], got {count}")
     start = _SPLITS[split]
     return list(range(start, start + count))
+
+
+# Nuisance streams of bank identities: which photos play which role (never mixed up).
+LORA_TRAINING_PHOTOS = 0  # the renders each identity's trained LoRA is fitted on
+CONDITION_PHOTOS = 1  # photos whose embeddings condition the prior during training
+EVAL_CONDITION_PHOTOS = 2  # the photo a held-out identity's LoRA is synthesized from
+EVAL_REFERENCE_PHOTOS = 3  # references that generated images are compared with
+
+
+def bank_id(seed: int) -> str:
+    """Row id of an identity in the mini-world banks (the LoRA file's stem)."""
+    return f"id-{seed:07d}"

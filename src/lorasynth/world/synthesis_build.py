@@ -1,0 +1,105 @@
+"""Build stages for synthesis on the mini-world: condition tables, the LoRA VAE, the priors.
+
+- conditions: K photos per bank identity (nuisance stream CONDITION_PHOTOS) embedded with
+  mini-arcface, stored beside each bank as conditions.safetensors;
+- synthesis: the LoRA VAE and the priors (the default AdaLoRA/v prior plus the ablations the
+  evaluation compares), each trained on the bank, written to assets/mini-world/synthesis/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lorasynth.atomic import write_bytes_atomic
+from lorasynth.bank import Bank
+from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
+from lorasynth.errors import LorasynthError
+from lorasynth.paths import build_dir, mini_world_dir
+from lorasynth.train import PRIOR_FILE, PriorTrainConfig, VAETrainConfig, train_prior, train_vae
+from lorasynth.world.identities import CONDITION_PHOTOS
+from lorasynth.world.render import render_identity
+
+DEFAULT_PRIOR = "adalora-v"
+
+
+@dataclass(frozen=True)
+class SynthesisBuildConfig:
+    condition_photos: int = 8
+    vae: VAETrainConfig = field(
+        default_factory=lambda: VAETrainConfig(
+            latent_dim=64, hidden=512, depth=2, steps=6000, batch_size=128
+        )
+    )
+    prior: PriorTrainConfig = field(
+        default_factory=lambda: PriorTrainConfig(
+            width=256, depth=4, adalora_rank=4, cond_embed_dim=128, steps=20000, batch_size=256
+        )
+    )
+    # name -> overrides of `prior`; the first is the shipped default (synthesis/prior.safetensors).
+    priors: dict[str, dict] = field(
+        default_factory=lambda: {
+            "adalora-v": {},
+            "adanorm-v": {"conditioning": "adanorm"},
+            "adalora-eps": {"target": "eps"},
+            "adalora-x0": {"target": "x0"},
+        }
+    )
+
+
+def seed_of(row_id: str) -> int:
+    try:
+        return int(row_id.removeprefix("id-"))
+    except ValueError:
+        raise LorasynthError(
+            f"bank id {row_id!r} is not a mini-world identity (id-NNNNNNN)"
+        ) from None
+
+
+def build_conditions(
+    bank_path: Path, photos: int, embedder_name: str = "mini-arcface", progress: bool = True
+) -> Path:
+    """Embed `photos` condition renders of every bank identity -> BANK/conditions.safetensors."""
+    from lorasynth.faces.mini import embed_images, load_embedder
+
+    bank = Bank(bank_path)
+    embedder = load_embedder(embedder_name)
+    rows = []
+    for row_id in tqdm(bank.ids, desc=f"conditions {bank.path.name}", disable=not progress):
+        shots = render_identity(seed_of(row_id), photos, CONDITION_PHOTOS)
+        rows.append(embed_images(embedder, np.stack([image for image, _ in shots])))
+    table = ConditionTable(list(bank.ids), torch.stack(rows), embedder.embedder_id)
+    return table.save(bank.path / CONDITIONS_FILE)
+
+
+def build_synthesis_models(
+    config: SynthesisBuildConfig, resume: bool = True, progress: bool = True
+) -> dict:
+    """Train the LoRA VAE and every prior variant; returns where each landed."""
+    bank = mini_world_dir() / "bank"
+    out = mini_world_dir() / "synthesis"
+    runs = build_dir() / "mini-world" / "synthesis"
+    vae_path = train_vae(bank, runs / "vae", config.vae, resume=resume, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    shipped_vae = out / "lora-vae.safetensors"
+    write_bytes_atomic(shipped_vae, vae_path.read_bytes())
+    made = {"vae": str(shipped_vae)}
+    for k, (name, overrides) in enumerate(config.priors.items()):
+        prior_config = replace(config.prior, **overrides)
+        trained = train_prior(
+            bank,
+            bank / CONDITIONS_FILE,
+            runs / name,
+            prior_config,
+            vae_path=shipped_vae,
+            resume=resume,
+            progress=progress,
+        )
+        target = out / (PRIOR_FILE if k == 0 else f"priors/prior-{name}.safetensors")
+        write_bytes_atomic(target, trained.read_bytes())
+        made[name] = str(target)
+    return made
