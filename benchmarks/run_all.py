@@ -7,10 +7,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_canonical, bench_ingest
+from benchmarks import bench_canonical, bench_ingest, bench_synthesis
 
 if __name__ == "__main__":
     print("== canonicalization")
     bench_canonical.main()
     print("\n== bank ingest")
     bench_ingest.main()
+    print("\n== synthesis")
+    bench_synthesis.main()

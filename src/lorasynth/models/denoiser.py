@@ -93,9 +93,15 @@ class AdaLoraLinear(nn.Module):
         nn.init.zeros_(self.make_u.weight)  # start as the plain linear layer
         nn.init.zeros_(self.make_u.bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        v = self.make_v(c).view(-1, x.shape[-1], self.rank) / math.sqrt(x.shape[-1])
+    def factors(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample (U, V): depends on the condition only, so samplers compute it once."""
+        d_in = self.base.in_features
+        v = self.make_v(c).view(-1, d_in, self.rank) / math.sqrt(d_in)
         u = self.make_u(c).view(-1, self.base.out_features, self.rank)
+        return u, v
+
+    def forward(self, x: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        u, v = factors
         low = torch.einsum("bi,bir->br", x, v)
         return self.base(x) + torch.einsum("br,bor->bo", low, u)
 
@@ -116,11 +122,16 @@ class Block(nn.Module):
             self.fc1, self.fc2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
         self.act = nn.SiLU()
 
-    def forward(self, h: torch.Tensor, mod: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def condition_factors(self, c: torch.Tensor) -> tuple | None:
+        if isinstance(self.fc1, AdaLoraLinear):
+            return self.fc1.factors(c), self.fc2.factors(c)
+        return None
+
+    def forward(self, h: torch.Tensor, mod: torch.Tensor, factors: tuple | None) -> torch.Tensor:
         shift, scale, gate = self.modulation(mod).chunk(3, dim=-1)
         x = modulate(self.norm(h), shift, scale)
-        if isinstance(self.fc1, AdaLoraLinear):
-            x = self.fc2(self.act(self.fc1(x, c)), c)
+        if factors is not None:
+            x = self.fc2(self.act(self.fc1(x, factors[0])), factors[1])
         else:
             x = self.fc2(self.act(self.fc1(x)))
         return h + gate * x
@@ -155,11 +166,30 @@ class Denoiser(nn.Module):
         drop: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
+        return self.denoise(x, t, self.encode_condition(cond, drop, generator))
+
+    def encode_condition(
+        self,
+        cond: torch.Tensor,
+        drop: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> ConditionCache:
+        """Everything that depends on the condition alone (reused across sampling steps)."""
         c = self.cond_embedder(cond, drop, generator)
+        return ConditionCache(c, [block.condition_factors(c) for block in self.blocks])
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
         temb = self.time_mlp(timestep_embedding(t, self.config.width))
-        mod = temb if self.config.conditioning == "adalora" else torch.cat([temb, c], dim=-1)
+        adalora = self.config.conditioning == "adalora"
+        mod = temb if adalora else torch.cat([temb, cache.embedding], dim=-1)
         mod = torch.nn.functional.silu(mod)
         h = self.inp(x)
-        for block in self.blocks:
-            h = block(h, mod, c)
+        for block, factors in zip(self.blocks, cache.factors, strict=True):
+            h = block(h, mod, factors)
         return self.out(self.out_norm(h))
+
+
+@dataclass(frozen=True)
+class ConditionCache:
+    embedding: torch.Tensor  # (B, cond_embed_dim)
+    factors: list  # per block: AdaLoRA (U, V) pairs of fc1 and fc2, or None (AdaNorm)

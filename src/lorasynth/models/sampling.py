@@ -1,7 +1,8 @@
 """Samplers as pure functions of (model, x, times, cond): DDIM (deterministic) and ancestral.
 
-`model(x_t, t, cond)` returns the raw prediction for `target`; guidance mixes the conditional
-and null-condition predictions: pred = uncond + g * (cond - uncond). The null condition is
+The model gives `encode_condition(cond, drop)` (work that depends on the condition alone, done
+once per call) and `denoise(x_t, t, cache)` (the raw prediction for its target). Guidance mixes
+the conditional and null-condition predictions: pred = uncond + g * (cond - uncond). The null condition is
 what the model's condition embedder uses where `drop` is True (see denoiser.py).
 """
 
@@ -20,14 +21,22 @@ def time_grid(steps: int) -> torch.Tensor:
     return torch.cat([grid, torch.zeros(1)])
 
 
+def encode_guided_condition(model, cond: torch.Tensor, guidance: float):
+    """The model's condition cache; with guidance, the batch is [conditional; null]."""
+    if guidance == 1.0:
+        return model.encode_condition(cond)
+    drop = torch.cat(
+        [torch.zeros(len(cond), dtype=torch.bool), torch.ones(len(cond), dtype=torch.bool)]
+    )
+    return model.encode_condition(torch.cat([cond, cond]), drop=drop)
+
+
 def guided_prediction(
-    model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float
+    model, x: torch.Tensor, t: torch.Tensor, cache, guidance: float
 ) -> torch.Tensor:
     if guidance == 1.0:
-        return model(x, t, cond)
-    drop = torch.cat([torch.zeros(len(x), dtype=torch.bool), torch.ones(len(x), dtype=torch.bool)])
-    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, cond]), drop=drop)
-    conditional, unconditional = both.chunk(2)
+        return model.denoise(x, t, cache)
+    conditional, unconditional = model.denoise(torch.cat([x, x]), torch.cat([t, t]), cache).chunk(2)
     return unconditional + guidance * (conditional - unconditional)
 
 
@@ -44,10 +53,11 @@ def sample(
 ) -> torch.Tensor:
     """Draw one vector per condition row. eta = 0 is DDIM; eta = 1 is ancestral (DDPM-like)."""
     x = torch.randn(cond.shape[0], dim, generator=generator)
+    cache = encode_guided_condition(model, cond, guidance)
     times = time_grid(steps)
     for t_now, t_next in itertools.pairwise(times):
         t = torch.full((x.shape[0],), float(t_now))
-        pred = guided_prediction(model, x, t, cond, guidance)
+        pred = guided_prediction(model, x, t, cache, guidance)
         x0, eps = to_x0_eps(target, pred, x, t)
         if t_next == 0:
             x = x0
