@@ -1,0 +1,1 @@
+"""Evaluation: the paper's comparison on the mini-world (metrics, runner, report)."""

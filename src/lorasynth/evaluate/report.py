@@ -1,0 +1,161 @@
+"""report.md and plots for an evaluation: the table people read and the pictures they look at."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+GRID_METHODS = ("base", "nearest", "lincomb", "diffusion", "trained")
+COLUMNS = (
+    ("id_sim_mean", "ID sim", "{:.3f}"),
+    ("normalised_fidelity", "norm. fidelity", "{:.2f}"),
+    ("top1", "top-1 /100", "{:.2f}"),
+    ("attr_error", "attr. error", "{:.3f}"),
+    ("prompt_fidelity", "prompt fid.", "{:.2f}"),
+    ("frechet", "Frechet", "{:.3f}"),
+    ("time_to_lora_ms", "time-to-LoRA ms", "{:,.1f}"),
+    ("bytes_per_subject", "bytes/subject", "{:,.0f}"),
+)
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = fmt.format(value)
+    ci = row.get(f"{key}_ci95")
+    return f"{text} ± {ci:.3f}" if ci else text
+
+
+def table(rows: dict) -> str:
+    head = "| method | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, row in rows.items():
+        if row is None or row.get("absent"):
+            lines.append(
+                f"| {name} | " + " | ".join(["absent"] + ["-"] * (len(COLUMNS) - 1)) + " |"
+            )
+            continue
+        lines.append(f"| {name} | " + " | ".join(_cell(row, c[0], c[2]) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, results: dict, ev) -> Path:
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    made = [
+        fidelity_vs_time(results["methods"], plots / "fidelity-vs-time.png"),
+        image_grid(ev, plots / "grid.png"),
+    ]
+    cfg = results["config"]
+    parts = [
+        "# lorasynth evaluation (mini-world)",
+        "",
+        f"{results['n_identities']} held-out identities, prompts: {', '.join(repr(p) for p in cfg['prompts'])}; "
+        f"conditioning embedder `{cfg['embedder_condition']}`, judged by `{cfg['embedder_eval']}` against "
+        f"{cfg['references']} reference renders per identity that condition nothing. Mean ± 95% interval. "
+        f"Took {results.get('seconds', 0):,.0f} s.",
+        "",
+        "## One photo",
+        "",
+        table(results["methods"]),
+    ]
+    for key, rows in results["ablations"].items():
+        if key.startswith("photos_") and isinstance(rows, dict):
+            parts += ["", f"## {key.split('_')[1]} photos (embeddings averaged)", "", table(rows)]
+    shuffled = results["ablations"].get("shuffled_identity")
+    if shuffled and not shuffled.get("absent"):
+        parts += [
+            "",
+            "## Sanity check: a shuffled-identity LoRA (someone else's trained LoRA)",
+            "",
+            table({"shuffled": shuffled}),
+            "",
+            "It must score near `base`; if it did not, the metric would not measure identity.",
+        ]
+    for key, label in (("prior_steps", "sampling steps"), ("prior_guidance", "guidance scale")):
+        sweep = results["ablations"].get(key)
+        if sweep:
+            parts += [
+                "",
+                f"## Default prior vs {label}",
+                "",
+                f"| {label} | ID sim | sampling ms |",
+                "|---|---|---|",
+            ]
+            parts += [
+                f"| {k} | {v['id_sim_mean']:.3f} ± {v['id_sim_ci95']:.3f} | {v['sample_ms']:.1f} |"
+                for k, v in sweep.items()
+            ]
+    for note in results["ablations"].get("not_built", []):
+        parts.append(f"\n- not in this report: {note}")
+    parts += ["", *[f"![{p.stem}](plots/{p.name})" for p in made if p is not None], ""]
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def fidelity_vs_time(rows: dict, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [
+        (n, r["time_to_lora_ms"], r["id_sim_mean"])
+        for n, r in rows.items()
+        if r and not r.get("absent") and r.get("time_to_lora_ms", 0) == r.get("time_to_lora_ms", 0)
+    ]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, ms, sim in points:
+        ax.scatter(max(ms, 0.1), sim, s=40)
+        ax.annotate(
+            name, (max(ms, 0.1), sim), textcoords="offset points", xytext=(5, 4), fontsize=8
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("time-to-LoRA (ms, log scale; base = no LoRA)")
+    ax.set_ylabel("ID similarity (mini-eval)")
+    ax.set_title("Identity fidelity vs time per method")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def image_grid(ev, path: Path, identities: int = 12, scale: int = 3) -> Path | None:
+    """Rows: identities; columns: a reference render, then the first prompt's image per method."""
+    n = min(identities, len(ev.seeds))
+    p = len(ev.cfg.prompts)
+    columns = [
+        ev.reference_images.reshape(len(ev.seeds), -1, *ev.reference_images.shape[1:])[:n, 0]
+    ]
+    names = ["reference"]
+    for method in GRID_METHODS:
+        cache = ev.out / "cache" / f"photos1-{method}.npz"
+        if cache.is_file():
+            with np.load(cache, allow_pickle=False) as data:
+                columns.append(data["images"][: n * p : p])
+            names.append(method)
+    if len(columns) < 2:
+        return None
+    side = max(col.shape[1] for col in columns)
+    columns = [np.stack([_resize(im, side) for im in col]) for col in columns]
+    grid = np.concatenate([np.concatenate(list(col), axis=0) for col in columns], axis=1)
+    image = Image.fromarray(grid).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST
+    )
+    image.save(path)
+    (path.with_suffix(".txt")).write_text("columns: " + " | ".join(names) + "\n")
+    return path
+
+
+def _resize(image: np.ndarray, side: int) -> np.ndarray:
+    if image.shape[0] == side:
+        return image
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.NEAREST))

@@ -1,0 +1,446 @@
+"""`lorasynth evaluate`: the paper's comparison on held-out mini-world identities.
+
+For each held-out identity: condition on one photo (and, as a second setting, four), make the
+LoRA with every method, generate images with several prompts (same seeds for every method), and
+score them with the metrics of DESIGN.md using `mini-eval`, which never conditions anything,
+against reference renders that never condition anything. Nothing is trained here: the trained
+upper-bound LoRAs and every prior variant come from `world build`; absent ones are reported as
+absent. Generated images are cached per (setting, method), so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from lorasynth.atomic import write_json_atomic
+from lorasynth.bank import Bank
+from lorasynth.batch_generate import generate_with_loras
+from lorasynth.errors import LorasynthError
+from lorasynth.evaluate.metrics import (
+    id_similarity,
+    mean_ci95,
+    normalised_fidelity,
+    reference_embedding,
+    top1_identification,
+)
+from lorasynth.lora import LoraFile, LoraLayout, unflatten, write_lora
+from lorasynth.synthesis import Prior, Synthesizer
+from lorasynth.world.attributes import identity_attributes
+from lorasynth.world.identities import (
+    EVAL_CONDITION_PHOTOS,
+    EVAL_REFERENCE_PHOTOS,
+    bank_id,
+    identity_seeds,
+)
+from lorasynth.world.render import render_identity
+
+SUBJECT = "a photo of sks person"
+DEFAULT_PROMPTS = (
+    SUBJECT,
+    f"{SUBJECT}, blue background",
+    f"{SUBJECT}, smiling, red background, wearing glasses",
+)
+SYNTH_METHODS = ("nearest", "lincomb", "diffusion")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    identities: int = 200
+    methods: tuple[str, ...] = ("base", "nearest", "lincomb", "diffusion", "trained")
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    multi_photos: int = 4  # the second conditioning setting; 0 skips it
+    references: int = 8
+    gallery: int = 100
+    image_steps: int = 20
+    image_guidance: float = 3.0
+    prior_steps: int = 25
+    prior_guidance: float = 1.0
+    timing_repeats: int = 20
+    ablations: bool = True
+    seed: int = 0
+
+
+@dataclass
+class EvalModels:
+    """Everything evaluation reads; `shipped()` loads the mini-world's."""
+
+    pipe: object
+    synth: Synthesizer
+    eval_embedder: object
+    heldout: Bank | None
+    variants: dict[str, Prior] = field(default_factory=dict)  # "diffusion-adanorm" -> prior
+    regressor: object | None = None
+    trainer_config: object | None = None
+
+    @property
+    def layout(self) -> LoraLayout:
+        return self.synth.layout
+
+    @classmethod
+    def shipped(cls) -> EvalModels:
+        from lorasynth.faces.mini import load_embedder, load_regressor
+        from lorasynth.paths import mini_world_dir
+        from lorasynth.world.build import WORLD
+        from lorasynth.world.pipeline_io import load_pipeline
+
+        root = mini_world_dir()
+        synth = Synthesizer.load()
+        heldout = (
+            Bank(root / "bank-heldout")
+            if (root / "bank-heldout" / "manifest.json").is_file()
+            else None
+        )
+        variants = {}
+        for path in sorted((root / "synthesis" / "priors").glob("prior-*.safetensors")):
+            name = "diffusion-" + path.stem.removeprefix("prior-")
+            variants[name] = Prior.load(
+                path,
+                synth.bank,
+                synth.normaliser,
+                synth.embedder.embedder_id,
+                root / "synthesis" / "lora-vae.safetensors",
+            )
+        try:
+            regressor = load_regressor()
+        except LorasynthError:
+            regressor = None
+        return cls(
+            load_pipeline(root / "pipeline"),
+            synth,
+            load_embedder("mini-eval"),
+            heldout,
+            variants,
+            regressor,
+            WORLD.bank,
+        )
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Evaluation:
+    def __init__(
+        self, models: EvalModels, config: EvalConfig, out: Path, progress: bool = True
+    ) -> None:
+        from lorasynth.faces.mini import embed_images
+
+        self.m, self.cfg, self.out, self.progress = models, config, Path(out), progress
+        self.embed = lambda images: embed_images(models.eval_embedder, images)
+        self.seeds = identity_seeds("heldout", config.identities)
+        gallery_seeds = identity_seeds("heldout", max(config.gallery, config.identities))
+        refs = np.stack(
+            [
+                np.stack(
+                    [im for im, _ in render_identity(s, config.references, EVAL_REFERENCE_PHOTOS)]
+                )
+                for s in gallery_seeds
+            ]
+        )
+        self.reference_images = refs[: config.identities].reshape(-1, *refs.shape[2:])
+        ref_emb = self.embed(refs.reshape(-1, *refs.shape[2:])).reshape(
+            len(gallery_seeds), config.references, -1
+        )
+        self.gallery = reference_embedding(
+            ref_emb
+        )  # (G, E); rows 0..N-1 are the evaluated subjects
+        self.reference_embeddings = ref_emb[: config.identities].reshape(-1, ref_emb.shape[-1])
+        photos_needed = max(1, config.multi_photos)
+        self.photos = [
+            [im for im, _ in render_identity(s, photos_needed, EVAL_CONDITION_PHOTOS)]
+            for s in self.seeds
+        ]
+
+    # ---- LoRAs per method ------------------------------------------------------------------
+    def loras(
+        self, method: str, photos: int, steps: int | None = None, guidance: float | None = None
+    ) -> list[LoraFile | None] | None:
+        """One LoRA per identity (None = base model), or None when the method is unavailable."""
+        if method == "base":
+            return [None] * len(self.seeds)
+        if method in ("trained", "shuffled"):
+            if self.m.heldout is None:
+                return None
+            vectors = self.m.heldout.gather([self.m.heldout.row_of(bank_id(s)) for s in self.seeds])
+            if method == "shuffled":  # a broken method: someone else's LoRA; must score near base
+                vectors = vectors.roll(1, dims=0)
+            return [unflatten(v, self.m.heldout.layout) for v in vectors]
+        synth, prior_name = self.m.synth, None
+        if method.startswith("diffusion-"):
+            if method not in self.m.variants:
+                return None
+            prior_name = method
+        elif method not in SYNTH_METHODS:
+            raise LorasynthError(f"unknown method {method!r}")
+        if method == "diffusion" and synth.prior is None:
+            return None
+        cond = torch.stack([synth.embed(p[:photos]) for p in self.photos])
+        saved = synth.prior
+        try:
+            if prior_name:
+                synth.prior = self.m.variants[prior_name]
+            base_method = "diffusion" if method.startswith("diffusion") else method
+            vectors = synth.vectors_for(
+                cond,
+                base_method,
+                self.cfg.seed,
+                guidance or self.cfg.prior_guidance,
+                steps or self.cfg.prior_steps,
+            )
+        finally:
+            synth.prior = saved
+        return [unflatten(v, self.m.layout) for v in vectors]
+
+    # ---- images (cached) ---------------------------------------------------------------------
+    def images(self, setting: str, method: str, loras: Sequence[LoraFile | None]) -> np.ndarray:
+        cache = self.out / "cache" / f"{setting}-{method}.npz"
+        if cache.is_file():
+            with np.load(cache, allow_pickle=False) as data:
+                if data["images"].shape[0] == len(self.seeds) * len(self.cfg.prompts):
+                    return data["images"]
+        p = len(self.cfg.prompts)
+        per_image_loras = [lora for lora in loras for _ in range(p)]
+        prompts = [prompt for _ in loras for prompt in self.cfg.prompts]
+        seeds = [
+            self.cfg.seed * 1_000_003 + i for i in range(len(prompts))
+        ]  # same for every method
+        layout = next((lo.layout() for lo in loras if lo is not None), self.m.layout)
+        chunks = []
+        step = 48
+        for lo in tqdm(
+            range(0, len(prompts), step),
+            desc=f"images {setting}/{method}",
+            disable=not self.progress,
+            leave=False,
+        ):
+            part = slice(lo, lo + step)
+            chunks.append(
+                generate_with_loras(
+                    self.m.pipe,
+                    layout,
+                    per_image_loras[part],
+                    prompts[part],
+                    seeds[part],
+                    self.cfg.image_steps,
+                    self.cfg.image_guidance,
+                    batch_size=step,
+                )
+            )
+        images = np.concatenate(chunks)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, images=images)
+        tmp.replace(cache)
+        return images
+
+    # ---- scores ------------------------------------------------------------------------------
+    def score(self, images: np.ndarray) -> dict:
+        from lorasynth.world.prompt_fidelity import classify_background, frechet_distance
+
+        n, p = len(self.seeds), len(self.cfg.prompts)
+        emb = self.embed(images)
+        subject = torch.arange(n).repeat_interleave(p)
+        sims = id_similarity(emb, self.gallery[subject]).reshape(n, p).mean(1)
+        top1 = top1_identification(emb, subject, self.gallery).reshape(n, p).mean(1)
+        scores = {"id_sim_per_identity": sims.tolist(), "top1_per_identity": top1.tolist()}
+        wanted = [_background(prompt) for prompt in self.cfg.prompts] * n
+        named = [i for i, w in enumerate(wanted) if w]
+        if named:
+            got = classify_background(images[named])
+            scores["prompt_fidelity"] = float(
+                np.mean([g == wanted[i] for g, i in zip(got, named, strict=True)])
+            )
+        scores["frechet"] = float(frechet_distance(emb.numpy(), self.reference_embeddings.numpy()))
+        if self.m.regressor is not None:
+            from lorasynth.faces.mini import predict_attributes
+
+            pred = predict_attributes(self.m.regressor, self.m.eval_embedder, images).numpy()
+            truth = np.stack([identity_attributes(s).as_vector() for s in self.seeds]).repeat(
+                p, axis=0
+            )
+            scores["attr_error_per_identity"] = (
+                np.abs(pred - truth).mean(1).reshape(n, p).mean(1).tolist()
+            )
+        return scores
+
+    # ---- timing and storage ------------------------------------------------------------------
+    def time_to_lora_ms(self, method: str, photos: int) -> float | None:
+        if method == "base":
+            return 0.0
+        if method == "trained":
+            return self._trained_ms(photos)
+        if method in ("shuffled",):
+            return None
+        synth, saved = self.m.synth, self.m.synth.prior
+        try:
+            if method.startswith("diffusion-"):
+                synth.prior = self.m.variants[method]
+            base_method = "diffusion" if method.startswith("diffusion") else method
+            with tempfile.TemporaryDirectory() as tmp:
+                times = []
+                for k in range(min(self.cfg.timing_repeats, len(self.photos)) + 1):
+                    shots = [_png(im) for im in self.photos[k % len(self.photos)][:photos]]
+                    result = synth.synthesize(
+                        shots,
+                        base_method,
+                        self.cfg.seed,
+                        self.cfg.prior_guidance,
+                        self.cfg.prior_steps,
+                        out=Path(tmp) / "l.safetensors",
+                    )
+                    times.append(result.time_ms)
+            return statistics.median(times[1:])  # the first call warms caches
+        finally:
+            synth.prior = saved
+
+    def _trained_ms(self, photos: int) -> float | None:
+        """One real per-subject LoRA training run from the photo(s), as the bank was trained."""
+        from lorasynth.world.lora_trainer import train_subject_loras
+
+        if self.m.trainer_config is None:
+            return None
+        cfg = self.m.trainer_config.lora
+        images = np.stack(self.photos[0][:photos])[None]
+        start = time.perf_counter()
+        train_subject_loras(
+            self.m.pipe, self.m.layout, images, [[SUBJECT] * photos], cfg, progress=False
+        )
+        return (time.perf_counter() - start) * 1000
+
+    def lora_bytes(self) -> int:
+        with tempfile.TemporaryDirectory() as tmp:
+            zero = unflatten(torch.zeros(self.m.layout.size), self.m.layout)
+            return write_lora(Path(tmp) / "x.safetensors", zero).stat().st_size
+
+    # ---- the whole table ---------------------------------------------------------------------
+    def run_setting(self, setting: str, photos: int, methods: Sequence[str]) -> dict:
+        results, raw = {}, {}
+        for method in methods:
+            loras = self.loras(method, photos)
+            if loras is None:
+                results[method] = {"absent": True}
+                continue
+            raw[method] = self.score(self.images(setting, method, loras))
+        base = np.mean(raw["base"]["id_sim_per_identity"]) if "base" in raw else float("nan")
+        trained = (
+            np.mean(raw["trained"]["id_sim_per_identity"]) if "trained" in raw else float("nan")
+        )
+        lora_bytes = self.lora_bytes()
+        for method, scores in raw.items():
+            sim, sim_ci = mean_ci95(scores["id_sim_per_identity"])
+            top1, top1_ci = mean_ci95(scores["top1_per_identity"])
+            attr, attr_ci = mean_ci95(scores.get("attr_error_per_identity", []))
+            results[method] = {
+                "id_sim_mean": sim,
+                "id_sim_ci95": sim_ci,
+                "normalised_fidelity": normalised_fidelity(sim, base, trained),
+                "top1": top1,
+                "top1_ci95": top1_ci,
+                "attr_error": attr,
+                "attr_error_ci95": attr_ci,
+                "prompt_fidelity": scores.get("prompt_fidelity", float("nan")),
+                "frechet": scores["frechet"],
+                "time_to_lora_ms": _nan(self.time_to_lora_ms(method, photos)),
+                "bytes_per_subject": 0 if method == "base" else lora_bytes,
+            }
+            if method.startswith("diffusion"):
+                prior = self.m.variants.get(method, self.m.synth.prior)
+                results[method]["latent_bytes"] = prior.representation.dim * 4
+        return results
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _background(prompt: str) -> str | None:
+    match = re.search(r"(\w+) background", prompt)
+    return match.group(1) if match else None
+
+
+def evaluate(
+    out: str | Path,
+    config: EvalConfig = EvalConfig(),
+    models: EvalModels | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the comparison; writes OUT/results.json, OUT/report.md and OUT/plots/."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    models = models or EvalModels.shipped()
+    ev = Evaluation(models, config, out, progress)
+    methods = list(config.methods)
+    if "diffusion" in methods:
+        methods += [name for name in sorted(models.variants) if name not in methods]
+    results = {
+        "n_identities": config.identities,
+        "methods": ev.run_setting("photos1", 1, methods),
+        "ablations": {},
+        "config": {
+            **asdict(config),
+            "embedder_condition": models.synth.embedder.embedder_id,
+            "embedder_eval": models.eval_embedder.embedder_id,
+        },
+    }
+    if config.ablations:
+        results["ablations"] = run_ablations(ev, config, methods)
+    results["seconds"] = round(time.perf_counter() - began, 1)
+    write_json_atomic(out / "results.json", results)
+    from lorasynth.evaluate.report import write_report
+
+    write_report(out, results, ev)
+    return results
+
+
+def run_ablations(ev: Evaluation, config: EvalConfig, methods: Sequence[str]) -> dict:
+    ablations: dict = {}
+    if config.multi_photos > 1:
+        synth_methods = [m for m in methods if m in SYNTH_METHODS or m.startswith("diffusion")]
+        ablations[f"photos_{config.multi_photos}"] = ev.run_setting(
+            f"photos{config.multi_photos}", config.multi_photos, ["base", "trained", *synth_methods]
+        )
+    ablations["shuffled_identity"] = ev.run_setting(
+        "photos1", 1, ["base", "trained", "shuffled"]
+    ).get("shuffled")
+    if ev.m.synth.prior is not None:
+        ablations["prior_steps"] = {str(k): sweep_point(ev, steps=k) for k in (5, 10, 25, 50)}
+        ablations["prior_guidance"] = {str(g): sweep_point(ev, guidance=g) for g in (1.0, 2.0, 4.0)}
+    ablations["not_built"] = [
+        "bank-size scaling (priors on 500 / 1,000 identities): their build stage has not run",
+        "latent-size sweep: its build stage has not run",
+    ]
+    return ablations
+
+
+def sweep_point(ev: Evaluation, steps: int | None = None, guidance: float | None = None) -> dict:
+    """ID similarity and time of the default prior at other sampling settings."""
+    steps_used = steps or ev.cfg.prior_steps
+    guidance_used = guidance or ev.cfg.prior_guidance
+    name = f"diffusion-s{steps_used}-g{guidance_used:g}"
+    loras = ev.loras("diffusion", 1, steps_used, guidance_used)
+    sims = ev.score(ev.images("sweep", name, loras))["id_sim_per_identity"]
+    mean, ci = mean_ci95(sims)
+    cond = ev.m.synth.embed(ev.photos[0][:1])[None]
+    start = time.perf_counter()
+    for _ in range(5):
+        ev.m.synth.vectors_for(cond, "diffusion", 0, guidance_used, steps_used)
+    return {
+        "id_sim_mean": mean,
+        "id_sim_ci95": ci,
+        "sample_ms": (time.perf_counter() - start) / 5 * 1000,
+    }

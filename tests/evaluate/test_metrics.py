@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lorasynth.evaluate.metrics import (
+    mean_ci95,
+    normalised_fidelity,
+    reference_embedding,
+    top1_identification,
+)
+
+
+def test_mean_ci95():
+    mean, ci = mean_ci95([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and math.isclose(ci, 1.96 * 1.2909944 / 2, rel_tol=1e-6)
+    assert mean_ci95([5.0]) == (5.0, 0.0)
+
+
+def test_normalised_fidelity_anchors():
+    assert normalised_fidelity(0.2, 0.2, 0.8) == 0.0
+    assert normalised_fidelity(0.8, 0.2, 0.8) == 1.0
+    assert math.isnan(normalised_fidelity(0.5, 0.3, 0.3))
+
+
+def test_top1_catches_a_shuffled_method():
+    gen = torch.Generator().manual_seed(0)
+    gallery = torch.nn.functional.normalize(torch.randn(100, 32, generator=gen), dim=-1)
+    subject = torch.arange(100)
+    faithful = torch.nn.functional.normalize(
+        gallery + 0.1 * torch.randn(100, 32, generator=gen), dim=-1
+    )
+    assert top1_identification(faithful, subject, gallery).mean() > 0.95
+    shuffled = faithful.roll(1, dims=0)
+    assert top1_identification(shuffled, subject, gallery).mean() < 0.05
+
+
+def test_reference_embedding_is_unit_mean():
+    ref = reference_embedding(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))
+    torch.testing.assert_close(ref, torch.tensor([[2**-0.5, 2**-0.5]]))
