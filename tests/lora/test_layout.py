@@ -91,3 +91,13 @@ def test_shipped_config_loads():
     assert load_unet_config("sd15")["cross_attention_dim"] == 768
     with pytest.raises(LorasynthError):
         load_unet_config("nope")
+
+
+def test_sdxl_layout_and_file_order():
+    layout = LoraLayout.sdxl("w2w", 1)
+    assert len(layout.rows) == 280  # 70 transformer blocks x (q, v of attn1 and attn2)
+    assert layout.size == 725_760
+    shapes = {r.module: (r.in_features, r.out_features, r.rank) for r in reversed(layout.rows)}
+    assert LoraLayout.from_shapes(shapes) == layout
+    cross = next(r for r in layout.rows if r.module.endswith("attn2.to_v"))
+    assert cross.in_features == 2048

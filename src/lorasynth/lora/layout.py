@@ -111,6 +111,11 @@ class LoraLayout:
         return cls.from_unet_config(load_unet_config("sd15"), preset, rank)
 
     @classmethod
+    def sdxl(cls, preset: str = "w2w", rank: int = 1) -> LoraLayout:
+        """The Stable Diffusion XL base UNet's layout (its config ships with lorasynth)."""
+        return cls.from_unet_config(load_unet_config("sdxl"), preset, rank)
+
+    @classmethod
     def from_shapes(cls, shapes: Mapping[str, tuple[int, int, int]]) -> LoraLayout:
         """Layout from {module: (in, out, rank)}, sorted in diffusers UNet order."""
         ordered = sorted(shapes, key=unet_order_key)
