@@ -16,7 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m lorasynth.demo --out demo-out
+	$(BIN)/lorasynth demo --out demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
@@ -36,4 +36,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo demo-out .pytest_cache .ruff_cache

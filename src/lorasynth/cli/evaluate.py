@@ -43,3 +43,17 @@ def evaluate(
 
 def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
+    app.command("demo")(demo)
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder (report.md, grid.png).")] = Path("demo"),
+    identities: Annotated[
+        int, typer.Option(min=1, max=50, help="Held-out identities to show.")
+    ] = 8,
+    foundation: Annotated[bool, typer.Option(help="Show the foundation demo instead.")] = False,
+) -> None:
+    """The whole idea in minutes: LoRAs from one photo, images, a table and a picture."""
+    from lorasynth.demo import run
+
+    run(out, identities=identities, foundation=foundation)
