@@ -4,7 +4,8 @@ Methods (one interface):
 - diffusion: sample the conditional prior, decode (VAE/PCA/raw), un-normalise, unflatten;
 - nearest:   the bank LoRA whose subject embedding is closest to the photo's;
 - lincomb:   a ridge-weighted linear combination of the k nearest bank LoRAs (weights2weights
-             style: the bank mean plus weighted deviations), weights fitted in embedding space.
+             style: the bank mean plus weighted deviations), weights fitted in embedding space;
+- optimize:  latent optimisation against the photo through the UNet (see optimize.py; seconds).
 Models are loaded once (`Synthesizer.load`); each call then costs milliseconds.
 """
 
@@ -29,7 +30,7 @@ from lorasynth.models.sampling import sample
 from lorasynth.models.store import load_prior, load_vae
 from lorasynth.paths import mini_world_dir
 
-METHODS = ("diffusion", "nearest", "lincomb")
+METHODS = ("diffusion", "nearest", "lincomb", "optimize")
 Photo = str | os.PathLike[str] | bytes | np.ndarray
 
 
@@ -130,6 +131,8 @@ class Synthesizer:
         self.lincomb_k = lincomb_k
         self.lincomb_ridge = lincomb_ridge
         self._vectors: torch.Tensor | None = None
+        self.pipe = None  # the base pipeline, needed only by `optimize` (loaded on first use)
+        self.optimize_steps = 60
 
     @classmethod
     def load(
@@ -197,6 +200,28 @@ class Synthesizer:
             return torch.stack([self._lincomb(c) for c in cond])
         raise LorasynthError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
+    def optimize(
+        self, photos: Sequence[Photo], seed: int = 0, steps: int | None = None
+    ) -> torch.Tensor:
+        """The latent-optimisation baseline for one subject (needs the prior and the pipeline)."""
+        from lorasynth.optimize import optimize_latent
+
+        if self.prior is None:
+            raise LorasynthError("method optimize fits the prior's latent: no prior is loaded")
+        if self.pipe is None:
+            from lorasynth.generate import load_base
+
+            self.pipe = load_base("mini")
+        images = np.stack(
+            [
+                _photo_array(p, self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+                for p in photos
+            ]
+        )
+        return optimize_latent(
+            self, self.pipe, images, steps=steps or self.optimize_steps, seed=seed
+        )
+
     def _lincomb(self, cond: torch.Tensor) -> torch.Tensor:
         k = min(self.lincomb_k, len(self.bank))
         top = (self.bank_embeddings @ cond).topk(k).indices
@@ -221,8 +246,10 @@ class Synthesizer:
     ) -> SynthesisResult:
         """Photo(s) -> LoRA (written to `out` if given); time_ms covers photo bytes to file."""
         start = time.perf_counter()
-        cond = self.embed(photos)
-        vector = self.vectors_for(cond[None], method, seed, guidance, steps)[0]
+        if method == "optimize":
+            vector = self.optimize(photos, seed)
+        else:
+            vector = self.vectors_for(self.embed(photos)[None], method, seed, guidance, steps)[0]
         lora = unflatten(vector, self.layout, self._provenance(method, seed, guidance, steps))
         path = Path(out) if out else None
         if path is not None:

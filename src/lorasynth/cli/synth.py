@@ -16,6 +16,7 @@ class Method(StrEnum):
     diffusion = "diffusion"
     nearest = "nearest"
     lincomb = "lincomb"
+    optimize = "optimize"
 
 
 def synthesize(

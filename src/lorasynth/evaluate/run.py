@@ -52,13 +52,13 @@ DEFAULT_PROMPTS = (
     f"{SUBJECT}, blue background",
     f"{SUBJECT}, smiling, red background, wearing glasses",
 )
-SYNTH_METHODS = ("nearest", "lincomb", "diffusion")
+SYNTH_METHODS = ("nearest", "lincomb", "diffusion", "optimize")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     identities: int = 200
-    methods: tuple[str, ...] = ("base", "nearest", "lincomb", "diffusion", "trained")
+    methods: tuple[str, ...] = ("base", "nearest", "lincomb", "optimize", "diffusion", "trained")
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     multi_photos: int = 4  # the second conditioning setting; 0 skips it
     references: int = 8
@@ -186,8 +186,14 @@ class Evaluation:
             prior_name = method
         elif method not in SYNTH_METHODS:
             raise LorasynthError(f"unknown method {method!r}")
-        if method == "diffusion" and synth.prior is None:
+        if method in ("diffusion", "optimize") and synth.prior is None:
             return None
+        if method == "optimize":
+            vectors = [
+                synth.optimize(p[:photos], self.cfg.seed)
+                for p in tqdm(self.photos, desc="optimize", disable=not self.progress, leave=False)
+            ]
+            return [unflatten(v, self.m.layout) for v in vectors]
         cond = torch.stack([synth.embed(p[:photos]) for p in self.photos])
         saved = synth.prior
         try:
@@ -292,7 +298,8 @@ class Evaluation:
             base_method = "diffusion" if method.startswith("diffusion") else method
             with tempfile.TemporaryDirectory() as tmp:
                 times = []
-                for k in range(min(self.cfg.timing_repeats, len(self.photos)) + 1):
+                repeats = 2 if method == "optimize" else self.cfg.timing_repeats  # seconds each
+                for k in range(min(repeats, len(self.photos)) + 1):
                     shots = [_png(im) for im in self.photos[k % len(self.photos)][:photos]]
                     result = synth.synthesize(
                         shots,

@@ -61,13 +61,16 @@ class BatchedLoraLinear(torch.nn.Module):
         self.down = torch.nn.Parameter(down)
         self.up = torch.nn.Parameter(torch.zeros(subjects, base.out_features, rank))
         self.subject_index: torch.Tensor | None = None
+        # Factors computed elsewhere (e.g. decoded from a latent being optimised), per subject.
+        self.external: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         if self.subject_index is None:
             return out
-        down = self.down[self.subject_index]  # (b, r, in)
-        up = self.up[self.subject_index]  # (b, out, r)
+        down_all, up_all = self.external if self.external is not None else (self.down, self.up)
+        down = down_all[self.subject_index]  # (b, r, in)
+        up = up_all[self.subject_index]  # (b, out, r)
         flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (b, tokens, in)
         low = torch.einsum("bti,bri->btr", flat, down)
         delta = torch.einsum("btr,bor->bto", low, up)
@@ -131,7 +134,11 @@ def set_subjects(wrapped: dict[str, BatchedLoraLinear], index: torch.Tensor | No
 @torch.no_grad()
 def encode_images(vae, images: np.ndarray, generator: torch.Generator) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> scaled latents, sampled from the VAE posterior."""
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    pixels = (
+        torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float()
+        / 127.5
+        - 1
+    )
     dist = vae.encode(pixels).latent_dist
     return dist.sample(generator=generator) * vae.config.scaling_factor
 

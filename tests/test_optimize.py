@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
+from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
+from lorasynth.faces.mini import EmbedderConfig, MiniEmbedder, save_embedder
+from lorasynth.lora import LoraLayout, read_lora
+from lorasynth.models.denoiser import Denoiser, DenoiserConfig
+from lorasynth.models.representation import PcaRepresentation
+from lorasynth.optimize import optimize_latent
+from lorasynth.synthesis import Prior, Synthesizer
+from lorasynth.world.render import render_identity
+
+
+def test_optimize_fits_the_photo_and_writes_a_lora(tiny_pipeline, tmp_path):
+    torch.manual_seed(0)
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, "w2w", 1)
+    embedder = MiniEmbedder(EmbedderConfig("tiny", "plain", (8, 8), (1, 1), 16)).eval()
+    save_embedder(embedder, tmp_path / "e.safetensors")
+    ids = [f"s{i}" for i in range(16)]
+    vectors = 0.05 * torch.randn(16, layout.size)
+    bank = Bank.create(tmp_path / "bank", layout)
+    bank.append(ids, vectors)
+    Normaliser.fit([vectors], layout.hash).save(bank.path / NORMALISER_FILE)
+    ConditionTable(
+        ids, torch.nn.functional.normalize(torch.randn(16, 1, 16), dim=-1), embedder.embedder_id
+    ).save(bank.path / CONDITIONS_FILE)
+    synth = Synthesizer(Bank(bank.path), embedder)
+    pca = PcaRepresentation.fit(synth.normaliser.encode(vectors), 8)
+    synth.prior = Prior(
+        Denoiser(DenoiserConfig(8, 16, 16, 1)), pca, torch.zeros(8), torch.ones(8), "test"
+    )
+    synth.pipe = tiny_pipeline
+
+    photo = render_identity(7, 1)[0][0]
+    small = np.asarray(
+        __import__("PIL.Image", fromlist=["Image"]).fromarray(photo).resize((16, 16))
+    )
+    losses: list[float] = []
+    vector = optimize_latent(
+        synth, tiny_pipeline, small[None], steps=10, lr=0.2, batch=4, losses=losses
+    )
+    assert vector.shape == (layout.size,) and torch.isfinite(vector).all()
+    assert len(losses) == 10 and np.isfinite(losses).all()
+    # It moved away from its starting point (the nearest bank subject) along the decoder.
+    start = synth.vectors[(synth.embed([small]) @ synth.bank_embeddings.T).argmax()]
+    assert (vector - start).norm() > 1e-4 * start.norm()
+
+    synth.optimize_steps = 2
+    result = synth.synthesize([photo], method="optimize", out=tmp_path / "o.safetensors")
+    assert read_lora(tmp_path / "o.safetensors").metadata["lorasynth.method"] == "optimize"
+    assert result.time_ms > 0
