@@ -1,15 +1,13 @@
 from __future__ import annotations
 
-import json
-
-from lorasynth.bank.ingest import ingest
+from lorasynth.bank import Bank
 from lorasynth.lora import read_lora
 from lorasynth.world.bank_build import BankBuildConfig, build_split, lora_path
-from lorasynth.world.identities import identity_seeds
+from lorasynth.world.identities import bank_id, identity_seeds
 from lorasynth.world.lora_trainer import LoraTrainConfig
 
 
-def test_build_split_writes_resumable_loras(tiny_pipeline, tmp_path):
+def test_build_split_appends_chunks_and_resumes_from_the_bank(tiny_pipeline, tmp_path):
     pipe_dir = tmp_path / "pipe"
     tiny_pipeline.save_pretrained(str(pipe_dir))
     config = BankBuildConfig(
@@ -18,21 +16,49 @@ def test_build_split_writes_resumable_loras(tiny_pipeline, tmp_path):
         image_size=16,
         lora=LoraTrainConfig(preset="w2w", rank=1, steps=2, samples_per_subject=1),
     )
-    out = tmp_path / "loras"
-    logs = build_split(pipe_dir, "heldout", 3, out, config, progress=False)
+    bank_path = tmp_path / "bank"
+    files = tmp_path / "files"
+    logs = build_split(
+        pipe_dir,
+        "heldout",
+        3,
+        bank_path,
+        config,
+        progress=False,
+        log_dir=tmp_path / "logs",
+        files_dir=files,
+    )
     assert [log["chunk"] for log in logs] == [0, 1]
     seeds = identity_seeds("heldout", 3)
     assert seeds == [100_000, 100_001, 100_002]
-    lora = read_lora(lora_path(out, seeds[2]))
-    assert lora.metadata["lorasynth.identity"] == "100002"
-    assert json.loads(lora.metadata["lorasynth.train_config"])["steps"] == 2
+    bank = Bank(bank_path)
+    assert bank.ids == [bank_id(s) for s in seeds] and bank.verify() == []
+    assert read_lora(lora_path(files, seeds[2])).metadata["lorasynth.identity"] == "100002"
+    assert (tmp_path / "logs" / "chunk-00001.json").is_file()
 
-    # A rerun finds nothing to do; a lost file is retrained alone (its chunk).
-    assert build_split(pipe_dir, "heldout", 3, out, config, progress=False) == []
-    lora_path(out, seeds[0]).unlink()
+    # A rerun finds nothing to do; a bigger count trains only the new identities.
+    assert build_split(pipe_dir, "heldout", 3, bank_path, config, progress=False) == []
     assert [
-        log["chunk"] for log in build_split(pipe_dir, "heldout", 3, out, config, progress=False)
-    ] == [0]
+        log["chunk"]
+        for log in build_split(pipe_dir, "heldout", 5, bank_path, config, progress=False)
+    ] == [1, 2]
+    assert len(Bank(bank_path)) == 5
 
-    report = ingest(out, tmp_path / "bank", workers=1, progress=False)
-    assert report.ingested == 3 and not report.failed
+
+def test_workers_split_chunks(tiny_pipeline, tmp_path):
+    pipe_dir = tmp_path / "pipe"
+    tiny_pipeline.save_pretrained(str(pipe_dir))
+    config = BankBuildConfig(
+        images_per_identity=1,
+        chunk=1,
+        image_size=16,
+        lora=LoraTrainConfig(preset="w2w", rank=1, steps=1, samples_per_subject=1),
+    )
+    a = build_split(
+        pipe_dir, "train", 3, tmp_path / "b", config, worker=0, workers=2, progress=False
+    )
+    b = build_split(
+        pipe_dir, "train", 3, tmp_path / "b", config, worker=1, workers=2, progress=False
+    )
+    assert [x["chunk"] for x in a] == [0, 2] and [x["chunk"] for x in b] == [1]
+    assert sorted(Bank(tmp_path / "b").ids) == [bank_id(s) for s in range(3)]

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from lorasynth.atomic import write_json_atomic
-from lorasynth.lora import LoraLayout, write_lora
+from lorasynth.bank import Bank
+from lorasynth.lora import LoraFile, LoraLayout, flatten_batch, write_lora
 from lorasynth.world.attributes import caption
 from lorasynth.world.identities import LORA_TRAINING_PHOTOS, bank_id, identity_seeds
 from lorasynth.world.lora_trainer import LoraTrainConfig, train_subject_loras
@@ -64,21 +65,33 @@ def train_chunk(
     seeds: Sequence[int],
     config: BankBuildConfig,
     chunk_index: int,
-    out_dir: Path,
     progress: bool = True,
-) -> dict:
-    """Train and write the LoRAs of one chunk of identities; returns its log."""
+) -> tuple[list[LoraFile], dict]:
+    """Train the LoRAs of one chunk of identities; returns them and the chunk's log."""
     data = [identity_training_data(s, config) for s in seeds]
     images = np.stack([d[0] for d in data])
     prompts = [d[1] for d in data]
     # Each chunk has its own seed, so results do not depend on which worker ran it.
     lora_config = replace(config.lora, seed=config.lora.seed * 1_000_003 + chunk_index)
     loras, log = train_subject_loras(pipe, layout, images, prompts, lora_config, progress)
+    summary = {
+        "chunk": chunk_index,
+        "identities": [int(s) for s in seeds],
+        "seconds": log["seconds"],
+        "loss_first": float(np.mean(log["loss"][:10])),
+        "loss_last": float(np.mean(log["loss"][-10:])),
+    }
+    return loras, summary
+
+
+def write_lora_files(
+    out_dir: Path, seeds: Sequence[int], loras: Sequence[LoraFile], config: BankBuildConfig
+) -> None:
     for seed, lora in zip(seeds, loras, strict=True):
         provenance = {
             "identity": str(seed),
             "method": "trained",
-            "train_config": json.dumps(lora_config.to_dict(), sort_keys=True),
+            "train_config": json.dumps(config.lora.to_dict(), sort_keys=True),
             "images": str(config.images_per_identity),
         }
         write_lora(
@@ -88,47 +101,62 @@ def train_chunk(
             title=f"mini-world identity {seed}",
             provenance=provenance,
         )
-    return {
-        "chunk": chunk_index,
-        "identities": [int(s) for s in seeds],
-        "seconds": log["seconds"],
-        "loss_first": float(np.mean(log["loss"][:10])),
-        "loss_last": float(np.mean(log["loss"][-10:])),
-    }
+
+
+def bank_layout(pipeline_dir: Path, config: BankBuildConfig) -> LoraLayout:
+    """The bank's layout: the pipeline UNet's modules of the configured preset and rank."""
+    from diffusers import UNet2DConditionModel
+
+    unet_config = UNet2DConditionModel.load_config(str(pipeline_dir / "unet"))
+    return LoraLayout.from_unet_config(unet_config, config.lora.preset, config.lora.rank)
 
 
 def build_split(
     pipeline_dir: Path,
     split: str,
     count: int,
-    out_dir: Path,
+    bank_path: Path,
     config: BankBuildConfig,
     worker: int = 0,
     workers: int = 1,
     progress: bool = True,
+    log_dir: Path | None = None,
+    files_dir: Path | None = None,
 ) -> list[dict]:
-    """Train every missing LoRA of `split` that falls to this worker; resumable."""
+    """Train every identity of `split` missing from the bank that falls to this worker.
+
+    Each chunk is appended to the bank atomically as soon as it is trained, so the bank itself
+    is the checkpoint: a rerun (this session or a later one) skips what it already holds.
+    """
     from lorasynth.world.pipeline_io import load_pipeline
 
     torch.set_num_threads(1)
     seeds = identity_seeds(split, count)
     chunks = [seeds[i : i + config.chunk] for i in range(0, len(seeds), config.chunk)]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    layout = bank_layout(pipeline_dir, config)
+    bank = Bank.open_or_create(bank_path, layout)
     todo = [
         (k, chunk)
         for k, chunk in enumerate(chunks)
-        if k % workers == worker and not all(lora_path(out_dir, s).exists() for s in chunk)
+        if k % workers == worker and not all(bank_id(s) in bank for s in chunk)
     ]
     if not todo:
         return []
     pipe = load_pipeline(pipeline_dir)
-    layout = LoraLayout.from_unet(pipe.unet, config.lora.preset, config.lora.rank)
     logs = []
     for n, (k, chunk) in enumerate(todo):
         start = time.perf_counter()
-        log = train_chunk(pipe, layout, chunk, config, k, out_dir, progress)
+        loras, log = train_chunk(pipe, layout, chunk, config, k, progress)
+        bank = Bank(bank_path)  # other workers may have appended meanwhile
+        fresh = [i for i, s in enumerate(chunk) if bank_id(s) not in bank]
+        bank.append(
+            [bank_id(chunk[i]) for i in fresh], flatten_batch([loras[i] for i in fresh], layout)
+        )
+        if files_dir is not None:
+            write_lora_files(files_dir, chunk, loras, config)
         logs.append(log)
-        write_json_atomic(out_dir / "logs" / f"chunk-{k:05d}.json", log)
+        if log_dir is not None:
+            write_json_atomic(log_dir / f"chunk-{k:05d}.json", log)
         if progress:
             print(
                 f"[worker {worker}] chunk {k} ({n + 1}/{len(todo)}): {len(chunk)} LoRAs in "
@@ -143,13 +171,23 @@ def main() -> None:
     parser.add_argument("--pipeline", type=Path, required=True)
     parser.add_argument("--split", choices=["train", "heldout"], required=True)
     parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--bank", type=Path, required=True)
+    parser.add_argument("--logs", type=Path, default=None)
     parser.add_argument("--config", type=str, default="{}", help="BankBuildConfig as JSON")
     parser.add_argument("--worker", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     config = BankBuildConfig.from_dict(json.loads(args.config))
-    build_split(args.pipeline, args.split, args.count, args.out, config, args.worker, args.workers)
+    build_split(
+        args.pipeline,
+        args.split,
+        args.count,
+        args.bank,
+        config,
+        args.worker,
+        args.workers,
+        log_dir=args.logs,
+    )
 
 
 if __name__ == "__main__":

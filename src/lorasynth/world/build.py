@@ -88,36 +88,38 @@ def _stage_unet(world: WorldConfig, resume: bool, progress: bool) -> dict:
 
 
 def _bank_split(
-    split: str, count: int, bank_name: str
+    split: str, count: Callable[[WorldConfig], int], bank_name: str
 ) -> Callable[[WorldConfig, bool, bool], dict]:
     def run(world: WorldConfig, resume: bool, progress: bool) -> dict:
-        from lorasynth.bank.ingest import ingest
+        from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
+        from lorasynth.world.bank_build import bank_layout
 
         pipeline = mini_world_dir() / "pipeline"
-        loras = build_dir() / "mini-world" / "loras" / split
+        bank_path = mini_world_dir() / bank_name
+        logs_dir = build_dir() / "mini-world" / "bank-logs" / split
+        Bank.open_or_create(bank_path, bank_layout(pipeline, world.bank))  # before workers race
         start = time.perf_counter()
-        _run_workers(pipeline, split, count(world), loras, world.bank, world.workers)
+        _run_workers(pipeline, split, count(world), bank_path, logs_dir, world.bank, world.workers)
         trained = time.perf_counter() - start
-        bank = mini_world_dir() / bank_name
-        report = ingest(loras, bank, workers=world.workers, progress=progress)
-        if report.failed:
-            raise LorasynthError(
-                f"{len(report.failed)} trained LoRAs failed to ingest: {report.failed[0]}"
-            )
-        logs = [json.loads(p.read_text()) for p in sorted((loras / "logs").glob("chunk-*.json"))]
+        bank = Bank(bank_path)
+        normaliser = Normaliser.fit(bank.iter_batches(1024), bank.layout_hash)
+        normaliser.save(bank.path / NORMALISER_FILE)
+        logs = [json.loads(p.read_text()) for p in sorted(logs_dir.glob("chunk-*.json"))]
+        n_logged = max(1, sum(len(x["identities"]) for x in logs))
         measured = {
-            "identities": report.rows,
-            "layout_hash": report.layout_hash,
-            "normaliser_hash": report.normaliser_hash,
+            "identities": len(bank),
+            "layout_hash": bank.layout_hash,
+            "values_per_lora": bank.dim,
+            "normaliser_hash": normaliser.hash,
             "config": world.bank.to_dict(),
             "train_seconds_this_run": round(trained, 1),
-            "train_seconds_per_lora": round(
-                sum(x["seconds"] for x in logs) / max(1, sum(len(x["identities"]) for x in logs)), 3
-            ),
-            "loss_first_mean": sum(x["loss_first"] for x in logs) / max(1, len(logs)),
-            "loss_last_mean": sum(x["loss_last"] for x in logs) / max(1, len(logs)),
+            "train_seconds_per_lora": round(sum(x["seconds"] for x in logs) / n_logged, 3)
+            if logs
+            else None,
+            "loss_first_mean": sum(x["loss_first"] for x in logs) / len(logs) if logs else None,
+            "loss_last_mean": sum(x["loss_last"] for x in logs) / len(logs) if logs else None,
         }
-        files = sorted(p for p in bank.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in bank.path.iterdir() if p.is_file() and not p.name.startswith("."))
         record_stage(
             bank_name, files, f"python -m lorasynth world build --stage {bank_name}", measured
         )
@@ -127,7 +129,13 @@ def _bank_split(
 
 
 def _run_workers(
-    pipeline: Path, split: str, count: int, out: Path, config: BankBuildConfig, workers: int
+    pipeline: Path,
+    split: str,
+    count: int,
+    bank: Path,
+    logs: Path,
+    config: BankBuildConfig,
+    workers: int,
 ) -> None:
     """One single-threaded process per worker; each trains every workers-th chunk."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -143,8 +151,10 @@ def _run_workers(
                 split,
                 "--count",
                 str(count),
-                "--out",
-                str(out),
+                "--bank",
+                str(bank),
+                "--logs",
+                str(logs),
                 "--config",
                 json.dumps(config.to_dict()),
                 "--worker",
