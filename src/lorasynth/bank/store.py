@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lorasynth.atomic import write_json_atomic
+from lorasynth.atomic import sha256_file, write_json_atomic
 from lorasynth.errors import LorasynthError
 from lorasynth.lora.layout import LoraLayout
 from lorasynth.lora.safetensors_io import read_header, save_tensors
@@ -197,7 +196,7 @@ class Bank:
                 save_tensors(
                     self.path / name, {"vectors": chunk}, {"layout_hash": self.layout_hash}
                 )
-                shards.append(Shard(name, len(chunk), _sha256(self.path / name)))
+                shards.append(Shard(name, len(chunk), sha256_file(self.path / name)))
             manifest = _manifest(self.layout_hash, self.dim, [*self.ids, *ids], shards, self.extra)
             write_json_atomic(self.path / MANIFEST, manifest)
             self._load()
@@ -224,7 +223,7 @@ class Bank:
             if not file.is_file():
                 problems.append(f"{file}: missing shard")
                 continue
-            if _sha256(file) != shard.sha256:
+            if sha256_file(file) != shard.sha256:
                 problems.append(f"{file}: corrupted shard (sha256 differs from the manifest)")
                 continue
             try:
@@ -264,14 +263,6 @@ def _manifest(
         "shards": [s.__dict__ for s in shards],
         "extra": extra,
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _shard_index(starts: Sequence[int], row: int) -> int:

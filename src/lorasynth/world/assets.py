@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lorasynth.atomic import write_json_atomic
+from lorasynth.atomic import sha256_file, write_json_atomic
 from lorasynth.errors import LorasynthError
 from lorasynth.paths import mini_world_dir
 
 MANIFEST = "manifest.json"
 BUDGET_BYTES = 150 * 1024 * 1024  # the mini-world's size budget in the repo
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_manifest(root: Path | None = None) -> dict:
