@@ -52,3 +52,22 @@ def test_optimize_fits_the_photo_and_writes_a_lora(tiny_pipeline, tmp_path):
     result = synth.synthesize([photo], method="optimize", out=tmp_path / "o.safetensors")
     assert read_lora(tmp_path / "o.safetensors").metadata["lorasynth.method"] == "optimize"
     assert result.time_ms > 0
+
+
+def test_trained_method_runs_a_real_training(tiny_pipeline, tmp_path):
+    torch.manual_seed(0)
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, "w2w", 1)
+    embedder = MiniEmbedder(EmbedderConfig("tiny", "plain", (8, 8), (1, 1), 16)).eval()
+    save_embedder(embedder, tmp_path / "e.safetensors")
+    ids = ["a", "b"]
+    vectors = 0.05 * torch.randn(2, layout.size)
+    bank = Bank.create(tmp_path / "bank", layout)
+    bank.append(ids, vectors)
+    Normaliser.fit([vectors], layout.hash).save(bank.path / NORMALISER_FILE)
+    ConditionTable(
+        ids, torch.nn.functional.normalize(torch.randn(2, 1, 16), dim=-1), embedder.embedder_id
+    ).save(bank.path / CONDITIONS_FILE)
+    synth = Synthesizer(Bank(bank.path), embedder)
+    synth.pipe = tiny_pipeline
+    vector = synth.train([render_identity(3, 1)[0][0]], steps=3)
+    assert vector.shape == (layout.size,) and vector.abs().max() > 0

@@ -5,7 +5,8 @@ Methods (one interface):
 - nearest:   the bank LoRA whose subject embedding is closest to the photo's;
 - lincomb:   a ridge-weighted linear combination of the k nearest bank LoRAs (weights2weights
              style: the bank mean plus weighted deviations), weights fitted in embedding space;
-- optimize:  latent optimisation against the photo through the UNet (see optimize.py; seconds).
+- optimize:  latent optimisation against the photo through the UNet (see optimize.py; seconds);
+- trained:   an ordinary DreamBooth-style LoRA training run on the photo(s): the slow upper bound.
 Models are loaded once (`Synthesizer.load`); each call then costs milliseconds.
 """
 
@@ -30,7 +31,7 @@ from lorasynth.models.sampling import sample
 from lorasynth.models.store import load_prior, load_vae
 from lorasynth.paths import mini_world_dir
 
-METHODS = ("diffusion", "nearest", "lincomb", "optimize")
+METHODS = ("diffusion", "nearest", "lincomb", "optimize", "trained")
 Photo = str | os.PathLike[str] | bytes | np.ndarray
 
 
@@ -208,19 +209,42 @@ class Synthesizer:
 
         if self.prior is None:
             raise LorasynthError("method optimize fits the prior's latent: no prior is loaded")
+        pipe = self._pipeline()
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        images = np.stack([_photo_array(p, size) for p in photos])
+        return optimize_latent(self, pipe, images, steps=steps or self.optimize_steps, seed=seed)
+
+    def train(self, photos: Sequence[Photo], seed: int = 0, steps: int = 200) -> torch.Tensor:
+        """A real per-subject LoRA training run on the photo(s), in the bank's layout."""
+        from lorasynth.lora import flatten
+        from lorasynth.world.lora_trainer import LoraTrainConfig, train_subject_loras
+
+        pipe = self._pipeline()
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        images = np.stack([_photo_array(p, size) for p in photos])[None]
+        row = self.layout.rows[0]
+        preset = (
+            "w2w" if all(r.module.endswith(("to_q", "to_v")) for r in self.layout.rows) else "attn"
+        )
+        config = LoraTrainConfig(
+            preset=preset, rank=row.rank, steps=steps, samples_per_subject=4, seed=seed
+        )
+        loras, _ = train_subject_loras(
+            pipe,
+            self.layout,
+            images,
+            [["a photo of sks person"] * len(photos)],
+            config,
+            progress=False,
+        )
+        return flatten(loras[0], self.layout)
+
+    def _pipeline(self):
         if self.pipe is None:
             from lorasynth.generate import load_base
 
             self.pipe = load_base("mini")
-        images = np.stack(
-            [
-                _photo_array(p, self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
-                for p in photos
-            ]
-        )
-        return optimize_latent(
-            self, self.pipe, images, steps=steps or self.optimize_steps, seed=seed
-        )
+        return self.pipe
 
     def _lincomb(self, cond: torch.Tensor) -> torch.Tensor:
         k = min(self.lincomb_k, len(self.bank))
@@ -248,6 +272,8 @@ class Synthesizer:
         start = time.perf_counter()
         if method == "optimize":
             vector = self.optimize(photos, seed)
+        elif method == "trained":
+            vector = self.train(photos, seed)
         else:
             vector = self.vectors_for(self.embed(photos)[None], method, seed, guidance, steps)[0]
         lora = unflatten(vector, self.layout, self._provenance(method, seed, guidance, steps))

@@ -17,6 +17,7 @@ class Method(StrEnum):
     nearest = "nearest"
     lincomb = "lincomb"
     optimize = "optimize"
+    trained = "trained"
 
 
 def synthesize(
