@@ -20,7 +20,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `import lorasynth.cli` stays light and sub-apps may import app helpers.
-    from lorasynth.cli import bank, embed, evaluate, lora, synth, train, world
+    from lorasynth.cli import bank, embed, evaluate, lora, service, synth, train, world
 
     app.add_typer(lora.app, name="lora")
     app.add_typer(bank.app, name="bank")
@@ -29,6 +29,7 @@ def _register() -> None:
     synth.register(app)
     embed.register(app)
     evaluate.register(app)
+    service.register(app)
 
 
 def fail(message: str) -> None:

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import numpy as np
+
+from tests.service.conftest import consent
+from tests.service.test_api import made_lora, upload
+
+NAME = "Zebulon Quixote-Erasure"
+
+
+def scan(data_dir, needles: list[bytes]) -> list[str]:
+    """Files under data_dir (database, WAL, SHM, blobs) that contain any needle."""
+    hits = []
+    for f in data_dir.rglob("*"):
+        if f.is_file():
+            content = f.read_bytes()
+            hits += [f"{f.name}:{i}" for i, n in enumerate(needles) if n in content]
+    return hits
+
+
+def test_export_then_erase_leaves_nothing(api, clock, tmp_path):
+    # Keep photos on disk too, so there are photo blobs to erase.
+    assert api.call("PUT", "/v1/policy", json={"photo_retention_days": 30}).status_code == 200
+    body = {"display_name": NAME, "consent": consent(clock)}
+    sid = api.call("POST", "/v1/subjects", "creator", json=body).json()["id"]
+    assert upload(api, sid).status_code == 201
+    lid = made_lora(api, sid)
+    api.call("POST", f"/v1/loras/{lid}/review", "reviewer", json={"decision": "approve"})
+    keep = api.call(
+        "POST",
+        "/v1/subjects",
+        "creator",
+        json={"display_name": "Kept Person", "consent": consent(clock)},
+    ).json()["id"]
+    assert (
+        upload(
+            api, keep, data=__import__("tests.service.tiny", fromlist=["x"]).photo_png(3)
+        ).status_code
+        == 201
+    )
+
+    export = api.call("GET", f"/v1/subjects/{sid}/export").json()
+    assert export["display_name"] == NAME and len(export["photos"]) == 2
+    assert export["loras"][0]["status"] == "approved" and export["loras"][0]["blob_sha256"]
+    embedding = np.asarray(export["photos"][0]["embedding"], dtype="<f4")
+    assert abs(float(np.linalg.norm(embedding)) - 1) < 1e-4
+    assert {e["action"] for e in export["audit"]} >= {"subject.created", "photo.added"}
+    data_dir = tmp_path / "data"
+    needles = [NAME.encode(), embedding.tobytes(), embedding[:4].tobytes()]
+    assert scan(data_dir, needles)  # the probe finds the data before erasure
+
+    r = api.call("DELETE", f"/v1/subjects/{sid}")
+    assert r.status_code == 204 and r.content == b""
+    assert api.call("GET", f"/v1/subjects/{sid}").status_code == 404
+    assert api.call("GET", f"/v1/loras/{lid}").status_code == 404
+    assert api.call("DELETE", f"/v1/subjects/{sid}").status_code == 404
+    assert scan(data_dir, needles) == []
+    # Only the other subject's photo blob remains.
+    assert len(api.svc.blobs.all()) == 1
+    events = api.call("GET", "/v1/audit").json()["events"]
+    tomb = [e for e in events if e["action"] == "subject.erased"]
+    assert (
+        tomb
+        and tomb[0]["object_id"] == sid
+        and tomb[0]["detail"] == {"photos": 2, "loras": 1, "blobs": 4}
+    )
+    assert NAME not in str(events)
+    assert (data_dir / "lorasynth.db-wal").stat().st_size == 0
+    assert api.call("GET", f"/v1/subjects/{keep}").json()["display_name"] == "Kept Person"
+
+
+def test_erasure_during_synthesis_leaves_no_blob(api, clock, monkeypatch):
+    sid = api.call(
+        "POST", "/v1/subjects", "creator", json={"display_name": NAME, "consent": consent(clock)}
+    ).json()["id"]
+    assert upload(api, sid).status_code == 201
+    lid = api.call(
+        "POST", f"/v1/subjects/{sid}/loras", "creator", json={"method": "nearest"}
+    ).json()["lora_id"]
+    svc = api.svc
+    synth = svc.synth.get()
+    inner = synth.vectors_for
+    admin = svc.authenticate(api.keys["admin"])
+
+    def erase_meanwhile(*args, **kwargs):
+        svc.erase_subject(admin, sid)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(synth, "vectors_for", erase_meanwhile)
+    assert api.worker.run_once()  # finishes after the erasure: must not keep what it made
+    assert svc.blobs.all() == []
+    assert api.call("GET", f"/v1/loras/{lid}").status_code == 404
