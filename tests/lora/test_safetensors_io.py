@@ -82,3 +82,24 @@ def test_save_is_atomic_and_leaves_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
     with pytest.raises(LorasynthError, match=r"must end in \.safetensors"):
         save_tensors(tmp_path / "a.pt", {"x": torch.zeros(3)}, {})
+
+
+def test_written_files_are_byte_reproducible_and_standard(tmp_path):
+    tensors = {
+        "b": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        "a": torch.ones(2, dtype=torch.float16),
+        "c": torch.tensor(2.5),
+        "d": torch.zeros(3, dtype=torch.bfloat16),
+    }
+    meta = {f"k{i}": str(i) for i in range(12)}
+    save_tensors(tmp_path / "1.safetensors", tensors, meta)
+    save_tensors(
+        tmp_path / "2.safetensors", dict(reversed(tensors.items())), dict(reversed(meta.items()))
+    )
+    assert (tmp_path / "1.safetensors").read_bytes() == (tmp_path / "2.safetensors").read_bytes()
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "1.safetensors"), "pt") as fh:  # the reference reader agrees
+        assert fh.metadata() == meta
+        for key, value in tensors.items():
+            assert torch.equal(fh.get_tensor(key), value)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from lorasynth.atomic import atomic_path
 from lorasynth.errors import LorasynthError
@@ -91,16 +91,49 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with keys and metadata in sorted order: equal inputs, equal bytes.
+
+    (safetensors' own writer orders metadata at random, so its files are not reproducible.)
+    """
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        if t.dtype not in _DTYPES:
+            raise LorasynthError(
+                f"tensor {name!r}: dtype {t.dtype} cannot be stored in safetensors"
+            )
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {
+            "dtype": _DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw + b"".join(blobs)
+
+
 def save_tensors(
     path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> None:
-    """Write a safetensors file atomically (contiguous copies; temp file, fsync, rename)."""
+    """Write a safetensors file atomically and reproducibly (sorted header; temp file, fsync, rename)."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise LorasynthError(f"{path}: output must end in .safetensors")
-    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    data = serialize(tensors, {str(k): str(v) for k, v in metadata.items()})
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(data)
 
 
 def _looks_like_pickle(head: bytes) -> bool:
