@@ -1,0 +1,1 @@
+"""Faces: photos in, identity embeddings out (the mini-world's own embedders for now)."""

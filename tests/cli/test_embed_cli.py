@@ -1,0 +1,109 @@
+"""`lorasynth embed PHOTO... --json`: one unit embedding per photo, in order."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from lorasynth.cli.embed import register
+from lorasynth.errors import LorasynthError
+from lorasynth.faces.mini import (
+    EmbedderConfig,
+    MiniEmbedder,
+    embed_images,
+    load_embedder,
+    save_embedder,
+)
+from lorasynth.world.render import render_identity
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Many small ops: one thread is faster on a busy machine than two that wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def _group() -> None:
+        """Keeps `embed` a sub-command, as in the real app."""
+
+    register(app)
+    return app
+
+
+@pytest.fixture
+def embedder_path(tmp_path):
+    torch.manual_seed(0)
+    model = MiniEmbedder(EmbedderConfig("tiny", "plain", (4, 8), (1, 1), 8))
+    path = tmp_path / "tiny.safetensors"
+    save_embedder(model, path)
+    return path
+
+
+def write_photos(folder, seeds):
+    paths = []
+    for k, seed in enumerate(seeds):
+        image = render_identity(seed, 1)[0][0]
+        path = folder / f"{k}-{seed}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_json_has_one_unit_embedding_per_photo_in_order(app, tmp_path, embedder_path):
+    paths = write_photos(tmp_path, [9_000_003, 9_000_001, 9_000_002])
+    jpeg = tmp_path / "big.jpg"
+    Image.open(paths[0]).resize((64, 64)).save(jpeg, quality=95)
+    paths.append(jpeg)
+    args = ["embed", *map(str, paths), "--embedder", str(embedder_path), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [row["path"] for row in rows] == [str(p) for p in paths]
+    emb = torch.tensor([row["embedding"] for row in rows])
+    assert emb.shape == (4, 8)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
+    expected = embed_images(
+        load_embedder(embedder_path), np.stack([np.asarray(Image.open(p)) for p in paths[:3]])
+    )
+    torch.testing.assert_close(emb[:3], expected)
+
+
+def test_plain_output_is_one_line_per_photo(app, tmp_path, embedder_path):
+    paths = write_photos(tmp_path, [9_000_000, 9_000_001])
+    result = CliRunner().invoke(app, ["embed", *map(str, paths), "--embedder", str(embedder_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(p) for p in paths]
+    assert len(lines[0].split("\t")[1].split()) == 8
+
+
+@pytest.mark.parametrize("bad", ["missing.png", "text.png"])
+def test_bad_photos_raise_a_lorasynth_error_naming_the_path(app, tmp_path, embedder_path, bad):
+    good = write_photos(tmp_path, [9_000_000])[0]
+    (tmp_path / "text.png").write_text("not an image")
+    path = tmp_path / bad
+    result = CliRunner().invoke(
+        app, ["embed", str(good), str(path), "--embedder", str(embedder_path)]
+    )
+    assert isinstance(result.exception, LorasynthError)
+    assert str(path) in str(result.exception)
+
+
+def test_unknown_embedder_file_is_a_lorasynth_error(app, tmp_path):
+    photo = write_photos(tmp_path, [9_000_000])[0]
+    result = CliRunner().invoke(app, ["embed", str(photo), "--embedder", str(photo)])
+    assert isinstance(result.exception, LorasynthError)
