@@ -11,6 +11,7 @@ absent. Generated images are cached per (setting, method), so a rerun resumes.
 from __future__ import annotations
 
 import io
+import json
 import re
 import statistics
 import tempfile
@@ -83,6 +84,14 @@ class EvalModels:
     variants: dict[str, Prior] = field(default_factory=dict)  # "diffusion-adanorm" -> prior
     regressor: object | None = None
     trainer_config: object | None = None
+    # Attributes the regressor predicts better than the mean (the others would only add noise).
+    informative_attributes: tuple[str, ...] | None = None
+
+    def attribute_columns(self) -> list[int]:
+        from lorasynth.world.attributes import ATTRIBUTE_NAMES
+
+        names = self.informative_attributes or ATTRIBUTE_NAMES
+        return [ATTRIBUTE_NAMES.index(name) for name in names]
 
     @property
     def layout(self) -> LoraLayout:
@@ -116,14 +125,23 @@ class EvalModels:
             regressor = load_regressor()
         except LorasynthError:
             regressor = None
+        record = root / "embedders" / "mini-eval.json"
+        informative = None
+        if record.is_file():
+            informative = (
+                json.loads(record.read_text()).get("attribute_regressor", {}).get("informative")
+            )
+        pipe = load_pipeline(root / "pipeline")
+        synth.pipe = pipe  # optimize and trained reuse the loaded pipeline
         return cls(
-            load_pipeline(root / "pipeline"),
+            pipe,
             synth,
             load_embedder("mini-eval"),
             heldout,
             variants,
             regressor,
             WORLD.bank,
+            tuple(informative) if informative else None,
         )
 
 

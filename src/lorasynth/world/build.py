@@ -37,7 +37,7 @@ class WorldConfig:
             lora=LoraTrainConfig(preset="w2w", rank=1, steps=200, lr=3e-3, samples_per_subject=2),
         )
     )
-    embedder_steps: int = 6000
+    embedder_steps: int | None = None  # None: each embedder's own preset (train_embedders.TRAINING)
     vae_steps: int = 3000
     unet_steps: int = 20000
     workers: int = 2
