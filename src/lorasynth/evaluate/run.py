@@ -158,6 +158,10 @@ class Evaluation:
         from lorasynth.faces.mini import embed_images
 
         self.m, self.cfg, self.out, self.progress = models, config, Path(out), progress
+        if models.eval_embedder.embedder_id == models.synth.embedder.embedder_id:
+            raise LorasynthError(
+                "the judging embedder must not be the conditioning embedder (use mini-eval)"
+            )
         self.embed = lambda images: embed_images(models.eval_embedder, images)
         self.seeds = identity_seeds("heldout", config.identities)
         gallery_seeds = identity_seeds("heldout", max(config.gallery, config.identities))
