@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/lorasynth demo --out demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

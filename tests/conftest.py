@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import os
-
-# One torch thread per test process (and for the CLI subprocesses tests start): with pytest-xdist
-# running two workers on two cores, more threads oversubscribe the CPU and slow tests ~40x.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
-
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(1)
-
 from lorasynth.lora import LoraFile, LoraLayout, LoraModule
+
+# One torch thread per test process (and for the CLI subprocesses tests start): with pytest-xdist
+# running two workers on two cores, more threads oversubscribe the CPU and slow tests ~40x.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 TINY_UNET_CONFIG = {
     "sample_size": 8,
