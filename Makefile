@@ -13,6 +13,9 @@ $(BIN)/python:
 # Reinstall only when the dependency pins change; torch is pinned to the 2.13.0 CPU wheel.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# CLIP's BPE vocabulary ships in open-clip-torch; its torchvision dependency breaks beside the
+	# pinned torch, and lorasynth only reads the vocabulary file, so it is installed without deps.
+	$(BIN)/python -m pip install --quiet --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)
 
 demo: $(STAMP)
