@@ -639,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--samples", type=int, default=500, help="evaluate: generated images")
-    parser.add_argument("--guidance", type=float, default=4.0, help="evaluate: CFG scale")
+    parser.add_argument("--guidance", type=float, default=1.5, help="evaluate: CFG scale")
     parser.add_argument("--dest", type=Path, default=None, help="export: default assets/mini-world")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
