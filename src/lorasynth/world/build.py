@@ -61,23 +61,29 @@ def _stage_embedders(world: WorldConfig, resume: bool, progress: bool) -> dict:
     return measured
 
 
+def _pipeline_run() -> Path:
+    """Where the pipeline trains (checkpoints, samples, logs); exported to assets when done."""
+    return build_dir() / "mini-world" / "pipeline"
+
+
 def _stage_vae(world: WorldConfig, resume: bool, progress: bool) -> dict:
     from lorasynth.world.train_pipeline import build_vae
 
     return build_vae(
-        out_dir=mini_world_dir() / "pipeline",
-        steps=world.vae_steps,
-        resume=resume,
-        progress=progress,
+        out_dir=_pipeline_run(), steps=world.vae_steps, resume=resume, progress=progress
     )
 
 
 def _stage_unet(world: WorldConfig, resume: bool, progress: bool) -> dict:
-    from lorasynth.world.train_pipeline import build_unet
+    from lorasynth.world.train_pipeline import build_unet, evaluate_run, export_run
 
-    out = mini_world_dir() / "pipeline"
-    measured = build_unet(out_dir=out, steps=world.unet_steps, resume=resume, progress=progress)
-    files = sorted(p for p in out.rglob("*") if p.is_file())
+    build_unet(out_dir=_pipeline_run(), steps=world.unet_steps, resume=resume, progress=progress)
+    measured = evaluate_run(_pipeline_run())
+    export_run(_pipeline_run(), mini_world_dir())
+    root = mini_world_dir()
+    files = sorted(p for p in (root / "pipeline").rglob("*") if p.is_file()) + [
+        root / "pipeline-build.json"
+    ]
     record_stage(
         "pipeline",
         files,

@@ -596,7 +596,10 @@ def build_unet(
 
 def evaluate_run(out_dir: Path, num_samples: int = 500, **kwargs) -> dict[str, Any]:
     """Evaluate OUT/pipeline; writes OUT/metrics.json and OUT/samples/final.png."""
-    pipe = StableDiffusionPipeline.from_pretrained(Path(out_dir) / "pipeline")
+    path = Path(out_dir) / "pipeline"
+    if not (path / "model_index.json").is_file():
+        raise LorasynthError(f"{path}: no trained pipeline; run the `unet` stage first")
+    pipe = StableDiffusionPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
     embed, name = mini_eval_embed()
     metrics = evaluate_pipeline(pipe, num_samples, embed=embed, embed_name=name, **kwargs)
