@@ -81,8 +81,9 @@ def _stage_unet(world: WorldConfig, resume: bool, progress: bool) -> dict:
     measured = evaluate_run(_pipeline_run())
     export_run(_pipeline_run(), mini_world_dir())
     root = mini_world_dir()
-    files = sorted(p for p in (root / "pipeline").rglob("*") if p.is_file()) + [
-        root / "pipeline-build.json"
+    files = [
+        *sorted(p for p in (root / "pipeline").rglob("*") if p.is_file()),
+        root / "pipeline-build.json",
     ]
     record_stage(
         "pipeline",
