@@ -14,25 +14,31 @@ from lorasynth.synthesis import Prior, Synthesizer
 from lorasynth.world.render import render_identity
 
 
-def test_optimize_fits_the_photo_and_writes_a_lora(tiny_pipeline, tmp_path):
+def _tiny_synthesizer(pipe, folder, rows: int) -> tuple[Synthesizer, torch.Tensor, LoraLayout]:
+    """A random bank of `rows` subjects in the tiny UNet's w2w layout, with conditions."""
     torch.manual_seed(0)
-    layout = LoraLayout.from_unet(tiny_pipeline.unet, "w2w", 1)
+    layout = LoraLayout.from_unet(pipe.unet, "w2w", 1)
     embedder = MiniEmbedder(EmbedderConfig("tiny", "plain", (8, 8), (1, 1), 16)).eval()
-    save_embedder(embedder, tmp_path / "e.safetensors")
-    ids = [f"s{i}" for i in range(16)]
-    vectors = 0.05 * torch.randn(16, layout.size)
-    bank = Bank.create(tmp_path / "bank", layout)
+    save_embedder(embedder, folder / "e.safetensors")
+    ids = [f"s{i}" for i in range(rows)]
+    vectors = 0.05 * torch.randn(rows, layout.size)
+    bank = Bank.create(folder / "bank", layout)
     bank.append(ids, vectors)
     Normaliser.fit([vectors], layout.hash).save(bank.path / NORMALISER_FILE)
     ConditionTable(
-        ids, torch.nn.functional.normalize(torch.randn(16, 1, 16), dim=-1), embedder.embedder_id
+        ids, torch.nn.functional.normalize(torch.randn(rows, 1, 16), dim=-1), embedder.embedder_id
     ).save(bank.path / CONDITIONS_FILE)
     synth = Synthesizer(Bank(bank.path), embedder)
+    synth.pipe = pipe
+    return synth, vectors, layout
+
+
+def test_optimize_fits_the_photo_and_writes_a_lora(tiny_pipeline, tmp_path):
+    synth, vectors, layout = _tiny_synthesizer(tiny_pipeline, tmp_path, 16)
     pca = PcaRepresentation.fit(synth.normaliser.encode(vectors), 8)
     synth.prior = Prior(
         Denoiser(DenoiserConfig(8, 16, 16, 1)), pca, torch.zeros(8), torch.ones(8), "test"
     )
-    synth.pipe = tiny_pipeline
 
     photo = render_identity(7, 1)[0][0]
     small = np.asarray(
@@ -55,19 +61,6 @@ def test_optimize_fits_the_photo_and_writes_a_lora(tiny_pipeline, tmp_path):
 
 
 def test_trained_method_runs_a_real_training(tiny_pipeline, tmp_path):
-    torch.manual_seed(0)
-    layout = LoraLayout.from_unet(tiny_pipeline.unet, "w2w", 1)
-    embedder = MiniEmbedder(EmbedderConfig("tiny", "plain", (8, 8), (1, 1), 16)).eval()
-    save_embedder(embedder, tmp_path / "e.safetensors")
-    ids = ["a", "b"]
-    vectors = 0.05 * torch.randn(2, layout.size)
-    bank = Bank.create(tmp_path / "bank", layout)
-    bank.append(ids, vectors)
-    Normaliser.fit([vectors], layout.hash).save(bank.path / NORMALISER_FILE)
-    ConditionTable(
-        ids, torch.nn.functional.normalize(torch.randn(2, 1, 16), dim=-1), embedder.embedder_id
-    ).save(bank.path / CONDITIONS_FILE)
-    synth = Synthesizer(Bank(bank.path), embedder)
-    synth.pipe = tiny_pipeline
+    synth, _, layout = _tiny_synthesizer(tiny_pipeline, tmp_path, 2)
     vector = synth.train([render_identity(3, 1)[0][0]], steps=3)
     assert vector.shape == (layout.size,) and vector.abs().max() > 0
