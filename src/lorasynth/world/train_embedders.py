@@ -1,7 +1,10 @@
-"""Train and judge the mini-world face embedders (ArcFace loss on renders), resumably.
+"""Train and judge the mini-world embedders (ArcFace loss on renders), resumably.
 
     python -m lorasynth.world.train_embedders --name mini-eval --steps 4000 \
         --out assets/mini-world/embedders/ [--resume]
+
+Each embedder belongs to one domain (lorasynth.domains): mini-arcface and mini-eval see faces,
+mini-style and mini-style-eval see products; the same loss, loop and metrics serve both.
 
 Training faces are rendered on the fly from identity seeds MODEL_TRAINING_START + i (i < K),
 each with a fresh random nuisance; held-out evaluation identities are EVAL_START + j, and the
@@ -27,6 +30,7 @@ from tqdm import tqdm
 
 from lorasynth.atomic import write_json_atomic
 from lorasynth.checkpoint import load_training_state, save_training_state
+from lorasynth.domains import DOMAIN_KEY, embedder_domain, get_domain
 from lorasynth.errors import LorasynthError
 from lorasynth.faces.mini import (
     PRESETS,
@@ -41,9 +45,7 @@ from lorasynth.faces.mini import (
     save_regressor,
 )
 from lorasynth.paths import build_dir
-from lorasynth.world.attributes import ATTRIBUTE_NAMES, identity_attributes, sample_nuisance
 from lorasynth.world.identities import MODEL_TRAINING_START
-from lorasynth.world.render import render_face, render_identity
 
 REGRESSOR_START = 2_000_000  # identities the attribute regressor is fitted on
 REGRESSOR_IDENTITIES = 8000
@@ -79,7 +81,36 @@ class TrainConfig:
 TRAINING: dict[str, TrainConfig] = {
     "mini-arcface": TrainConfig(seed=1),
     "mini-eval": TrainConfig(seed=2, steps=4000, num_identities=3000),
+    "mini-style": TrainConfig(seed=3),
+    "mini-style-eval": TrainConfig(seed=4, steps=4000, num_identities=3000),
 }
+
+# The products domain's embedders: the faces architectures, other names, other seeds.
+STYLE_PRESETS: dict[str, EmbedderConfig] = {
+    "mini-style": EmbedderConfig(
+        name="mini-style", arch="resnet", widths=(32, 64, 128), depths=(1, 2, 2), embed_dim=128
+    ),
+    "mini-style-eval": EmbedderConfig(
+        name="mini-style-eval",
+        arch="plain",
+        widths=(32, 64, 128, 256),
+        depths=(1, 1, 1, 1),
+        embed_dim=128,
+    ),
+}
+
+
+def embedder_names() -> list[str]:
+    return sorted({*PRESETS, *STYLE_PRESETS})
+
+
+def embedder_config(name: str) -> EmbedderConfig:
+    """The architecture of a named embedder (faces presets first, then products)."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if name in STYLE_PRESETS:
+        return STYLE_PRESETS[name]
+    raise LorasynthError(f"unknown embedder {name!r}; choose one of {embedder_names()}")
 
 
 class ArcFaceLoss(nn.Module):
@@ -142,19 +173,22 @@ def margin_at(step: int, cfg: TrainConfig) -> float:
 
 
 class TrainingFaces:
-    """Batch t of random (identity, nuisance) renders, a pure function of (seed, t)."""
+    """Batch t of random (subject, nuisance) renders of a domain, a pure function of (seed, t)."""
 
-    def __init__(self, num_identities: int, seed: int, size: int, max_shift: int = 0) -> None:
-        self.attrs = [identity_attributes(MODEL_TRAINING_START + i) for i in range(num_identities)]
+    def __init__(
+        self, num_identities: int, seed: int, size: int, max_shift: int = 0, domain: str = "faces"
+    ) -> None:
+        self.domain = get_domain(domain)
+        start = self.domain.model_training_start
+        self.attrs = [self.domain.identity_attributes(start + i) for i in range(num_identities)]
         self.seed, self.size, self.max_shift = seed, size, max_shift
 
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) float images in [0, 1] and (B,) int64 identity labels."""
         rng = np.random.default_rng([self.seed, step])
         labels = rng.integers(len(self.attrs), size=batch_size)
-        images = np.stack(
-            [render_face(self.attrs[i], sample_nuisance(rng), self.size) for i in labels]
-        )
+        render, sample = self.domain.render, self.domain.sample_nuisance
+        images = np.stack([render(self.attrs[i], sample(rng), self.size) for i in labels])
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
         if self.max_shift:
             x = _random_shift(x, rng.integers(-self.max_shift, self.max_shift + 1, (batch_size, 2)))
@@ -185,8 +219,10 @@ def train_embedder(
     checkpoint_seconds: float = 180.0,
     until: int | None = None,
     log_every: int = 100,
+    domain: str = "faces",
 ) -> tuple[MiniEmbedder, dict[str, Any]]:
-    """Train (or resume) one embedder; returns it in eval mode and a log (losses, seconds).
+    """Train (or resume) one embedder on renders of `domain`; returns it in eval mode and a log
+    (losses, seconds).
 
     `until` stops after that many steps (checkpointed) so a run can be continued later.
     """
@@ -194,10 +230,12 @@ def train_embedder(
     model = MiniEmbedder(model_config).to(memory_format=torch.channels_last)
     loss_fn = ArcFaceLoss(model_config.embed_dim, cfg.num_identities, cfg.scale, cfg.margin)
     opt = make_optimizer(model, loss_fn, cfg)
-    run_config = {"model": model_config.to_dict(), "train": asdict(cfg)}
+    domain = get_domain(domain).name
+    run_config = {"model": model_config.to_dict(), "train": asdict(cfg), DOMAIN_KEY: domain}
     step, seconds, losses = 0, 0.0, []
     if state_path is not None and resume and Path(state_path).is_file():
-        if load_training_state(state_path)["config"] != run_config:
+        stored = load_training_state(state_path)["config"]
+        if {DOMAIN_KEY: "faces", **stored} != run_config:  # states from before domains: faces
             raise LorasynthError(
                 f"{state_path}: was written by a different configuration; delete it or run "
                 "without --resume to start over"
@@ -219,7 +257,9 @@ def train_embedder(
                 extra={"seconds": seconds, "losses": losses},
             )
 
-    faces = TrainingFaces(cfg.num_identities, cfg.seed, model_config.image_size, cfg.max_shift)
+    faces = TrainingFaces(
+        cfg.num_identities, cfg.seed, model_config.image_size, cfg.max_shift, domain
+    )
     stop = cfg.steps if until is None else min(until, cfg.steps)
     model.train()
     bar = tqdm(
@@ -270,12 +310,14 @@ def render_eval_set(
     start: int = EVAL_START,
     nuisance_seed: int = 0,
     progress: bool = False,
+    domain: str = "faces",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images (N, 32, 32, 3) uint8, labels (N,), attributes (N, A) of held-out identities."""
+    dom = get_domain(domain)
     images, labels, attrs = [], [], []
     for j in tqdm(range(num_identities), desc="render", disable=not progress, mininterval=5.0):
-        vec = identity_attributes(start + j).as_vector()
-        for image, _ in render_identity(start + j, images_per_identity, nuisance_seed):
+        vec = dom.identity_attributes(start + j).as_vector()
+        for image, _ in dom.render_identity(start + j, images_per_identity, nuisance_seed):
             images.append(image)
             labels.append(j)
             attrs.append(vec)
@@ -367,13 +409,14 @@ def fit_attribute_regressor(
     epochs: int = 60,
     seed: int = 0,
     progress: bool = False,
+    domain: str = "faces",
 ) -> tuple[AttributeRegressor, np.ndarray]:
     """An MLP from frozen embeddings to attributes, fitted on identities REGRESSOR_START + j.
 
     Returns it and the training attributes' mean (the "predict the mean" baseline).
     """
     images, _, attrs = render_eval_set(
-        num_identities, images_per_identity, REGRESSOR_START, seed, progress
+        num_identities, images_per_identity, REGRESSOR_START, seed, progress, domain
     )
     emb = embed_images(embedder, images)
     target = torch.from_numpy(attrs)
@@ -382,7 +425,7 @@ def fit_attribute_regressor(
     config = RegressorConfig(
         input_dim=emb.shape[1],
         hidden=hidden,
-        attribute_names=ATTRIBUTE_NAMES,
+        attribute_names=get_domain(domain).attribute_names,
         embedder_id=embedder.embedder_id or "",
     )
     regressor = AttributeRegressor(config)
@@ -412,6 +455,7 @@ def attribute_metrics(
     "informative" lists the attributes the regressor predicts clearly better than the mean
     (error below 0.8 x baseline): only those can show an attribute error in generated images.
     """
+    names = regressor.config.attribute_names
     pred = regressor(embed_images(embedder, images)).numpy()
     mae = np.abs(pred - attrs).mean(0)
     base = np.abs(baseline[None, :] - attrs).mean(0)
@@ -420,12 +464,12 @@ def attribute_metrics(
     return {
         "mae": float(mae.mean()),
         "baseline_mae": float(base.mean()),
-        "informative": [n for n, ok in zip(ATTRIBUTE_NAMES, informative, strict=True) if ok],
+        "informative": [n for n, ok in zip(names, informative, strict=True) if ok],
         "informative_mae": float(mae[informative].mean()) if some else None,
         "informative_baseline_mae": float(base[informative].mean()) if some else None,
         "per_attribute": {
             name: {"mae": round(float(m), 4), "baseline_mae": round(float(b), 4)}
-            for name, m, b in zip(ATTRIBUTE_NAMES, mae, base, strict=True)
+            for name, m, b in zip(names, mae, base, strict=True)
         },
     }
 
@@ -444,10 +488,11 @@ def build_embedder(
     regressor_identities: int = REGRESSOR_IDENTITIES,
 ) -> dict[str, Any]:
     """Train, evaluate and write `<name>.safetensors` and `<name>.json` into out_dir (and, for
-    mini-eval, `attribute-regressor.safetensors`); returns the measured metrics."""
-    if name not in PRESETS:
-        raise LorasynthError(f"unknown embedder {name!r}; choose one of {sorted(PRESETS)}")
-    model_config, cfg = PRESETS[name], TRAINING[name]
+    a domain's judge, `attribute-regressor.safetensors`); returns the measured metrics.
+
+    The embedder's domain (its renders, its metadata) follows from its name."""
+    model_config, cfg = embedder_config(name), TRAINING[name]
+    domain = get_domain(embedder_domain(name))
     if steps is not None:
         cfg = TrainConfig(**{**asdict(cfg), "steps": int(steps)})
     out_dir = Path(out_dir)
@@ -455,13 +500,17 @@ def build_embedder(
     state_path = state_dir / "state.safetensors"
     if not resume:
         state_path.unlink(missing_ok=True)
-    model, log = train_embedder(model_config, cfg, state_path, resume, progress)
+    model, log = train_embedder(
+        model_config, cfg, state_path, resume, progress, domain=domain.name
+    )
 
-    eval_set = render_eval_set(eval_identities, progress=progress)
+    eval_set = render_eval_set(eval_identities, progress=progress, domain=domain.name)
     metrics = evaluate_embedder(model, eval_set)
-    embedder_id = save_embedder(model, out_dir / f"{name}.safetensors", {"metrics": metrics})
+    extra = {"metrics": metrics, DOMAIN_KEY: domain.name}
+    embedder_id = save_embedder(model, out_dir / f"{name}.safetensors", extra)
     record: dict[str, Any] = {
         "name": name,
+        DOMAIN_KEY: domain.name,
         "embedder_id": embedder_id,
         "parameters": count_parameters(model),
         "config": model_config.to_dict(),
@@ -475,9 +524,11 @@ def build_embedder(
             "eval_identities": [EVAL_START, EVAL_START + metrics["identities"]],
         },
     }
-    if name == "mini-eval":
+    if name == domain.judge:
         started = time.monotonic()
-        regressor, mean = fit_attribute_regressor(model, regressor_identities, progress=progress)
+        regressor, mean = fit_attribute_regressor(
+            model, regressor_identities, progress=progress, domain=domain.name
+        )
         attributes = attribute_metrics(regressor, model, eval_set[0], eval_set[2], mean)
         save_regressor(
             regressor, out_dir / f"{REGRESSOR_NAME}.safetensors", {"metrics": attributes}
@@ -498,7 +549,7 @@ def build_embedder(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--name", required=True, choices=sorted(PRESETS))
+    parser.add_argument("--name", required=True, choices=embedder_names())
     parser.add_argument("--steps", type=int, default=None, help="default: the preset's")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from build/ state")
