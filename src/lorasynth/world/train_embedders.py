@@ -500,9 +500,7 @@ def build_embedder(
     state_path = state_dir / "state.safetensors"
     if not resume:
         state_path.unlink(missing_ok=True)
-    model, log = train_embedder(
-        model_config, cfg, state_path, resume, progress, domain=domain.name
-    )
+    model, log = train_embedder(model_config, cfg, state_path, resume, progress, domain=domain.name)
 
     eval_set = render_eval_set(eval_identities, progress=progress, domain=domain.name)
     metrics = evaluate_embedder(model, eval_set)
