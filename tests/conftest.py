@@ -57,6 +57,11 @@ def tiny_tokenizer(folder: Path):
 @pytest.fixture
 def tiny_pipeline(tmp_path):
     """A real StableDiffusionPipeline from tiny configs with random weights."""
+    return build_tiny_pipeline(tmp_path)
+
+
+def build_tiny_pipeline(tmp_path: Path):
+    """A real StableDiffusionPipeline from tiny configs with random weights (seed 0)."""
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,

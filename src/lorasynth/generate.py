@@ -4,18 +4,67 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from lorasynth.errors import LorasynthError
 from lorasynth.paths import mini_world_dir
-from lorasynth.world.pipeline_io import load_pipeline
+from lorasynth.world.pipeline_io import load_pipeline, pipeline_unet_config
+
+if TYPE_CHECKING:
+    from lorasynth.lora import LoraLayout
+
+Base = str | os.PathLike[str]
 
 
-def load_base(base: str | os.PathLike[str] = "mini"):
-    """'mini' (the shipped mini-world pipeline) or a local diffusers pipeline folder."""
-    path = mini_world_dir() / "pipeline" if str(base) == "mini" else Path(base)
-    return load_pipeline(path)
+def resolve_base(base: Base = "mini") -> Path:
+    """'mini' -> the shipped mini-world pipeline folder; anything else is a path."""
+    return mini_world_dir() / "pipeline" if str(base) == "mini" else Path(base)
+
+
+def load_base(base: Base = "mini", config: Base | None = None):
+    """'mini' (the shipped mini-world pipeline), a local diffusers pipeline folder, or a
+    single-file SD1.5 checkpoint (.safetensors, original/kohya key layout; `config`: a diffusers
+    config folder for other single-file models)."""
+    return load_pipeline(resolve_base(base), config)
+
+
+def base_layout(
+    base: Base = "mini", preset: str = "w2w", rank: int = 1, config: Base | None = None
+) -> LoraLayout:
+    """The LoRA layout of the base's UNet, from its config alone (no weights are loaded)."""
+    from lorasynth.lora import LoraLayout
+
+    return LoraLayout.from_unet_config(
+        pipeline_unet_config(resolve_base(base), config), preset, rank
+    )
+
+
+def check_fits_base(layout: LoraLayout, base: Base = "mini", config: Base | None = None) -> None:
+    """Raise unless every module of `layout` is a linear layer of the base UNet, same shape."""
+    shapes = _linear_shapes(pipeline_unet_config(resolve_base(base), config))
+    for row in layout.rows:
+        found = shapes.get(row.module)
+        if found != (row.in_features, row.out_features):
+            where = "is missing" if found is None else f"is {found[0]} -> {found[1]}"
+            raise LorasynthError(
+                f"{layout.describe()} does not fit base {base}: {row.module} {where} there, "
+                f"{row.in_features} -> {row.out_features} in the layout; use the bank's base model"
+            )
+
+
+def _linear_shapes(unet_config: dict) -> dict[str, tuple[int, int]]:
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(unet_config)
+    return {
+        name: (m.in_features, m.out_features)
+        for name, m in unet.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
 
 
 def generate_images(

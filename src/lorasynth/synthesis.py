@@ -133,6 +133,7 @@ class Synthesizer:
         self.lincomb_ridge = lincomb_ridge
         self._vectors: torch.Tensor | None = None
         self.pipe = None  # the base pipeline, needed only by `optimize` (loaded on first use)
+        self.base: str | os.PathLike[str] = "mini"  # what `pipe` is loaded from
         self.optimize_steps = 60
 
     @classmethod
@@ -142,14 +143,24 @@ class Synthesizer:
         prior: str | os.PathLike[str] | None = None,
         vae: str | os.PathLike[str] | None = None,
         embedder: str = "mini-arcface",
+        base: str | os.PathLike[str] = "mini",
     ) -> Synthesizer:
-        """Defaults: the shipped mini-world (bank, default prior and VAE, mini-arcface)."""
+        """Defaults: the shipped mini-world (bank, default prior and VAE, mini-arcface).
+
+        `base` ('mini', a diffusers folder or an SD1.5 .safetensors checkpoint) is the model the
+        LoRAs are for: checked against the bank's layout now, loaded by optimize/trained.
+        """
         from lorasynth.faces.mini import load_embedder
 
         root = mini_world_dir() / "synthesis"
         bank_store = Bank(bank or mini_world_dir() / "bank")
         face_embedder = load_embedder(embedder)
         synth = cls(bank_store, face_embedder)
+        if str(base) != "mini":
+            from lorasynth.generate import check_fits_base
+
+            check_fits_base(bank_store.layout, base)
+        synth.base = base
         prior_path = Path(prior) if prior else root / "prior.safetensors"
         if prior_path.is_file():
             vae_path = Path(vae) if vae else root / "lora-vae.safetensors"
@@ -243,7 +254,7 @@ class Synthesizer:
         if self.pipe is None:
             from lorasynth.generate import load_base
 
-            self.pipe = load_base("mini")
+            self.pipe = load_base(self.base)
         return self.pipe
 
     def _lincomb(self, cond: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,10 @@ import typer
 
 from lorasynth.cli.lora import OutFormat
 
+BASE_HELP = (
+    "Base model: 'mini', a diffusers SD1.5-family folder, or a single-file SD1.5 .safetensors."
+)
+
 
 class Method(StrEnum):
     diffusion = "diffusion"
@@ -36,6 +40,7 @@ def synthesize(
     prior: Annotated[Path | None, typer.Option(help="Prior file (default: shipped).")] = None,
     vae: Annotated[Path | None, typer.Option(help="LoRA VAE file (default: shipped).")] = None,
     embedder: Annotated[str, typer.Option(help="Conditioning embedder.")] = "mini-arcface",
+    base: Annotated[str, typer.Option(help=BASE_HELP)] = "mini",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print method, seed, time_ms, layout_hash.")
     ] = False,
@@ -43,7 +48,7 @@ def synthesize(
     """Make a subject's LoRA from photo(s) in milliseconds, with no training."""
     from lorasynth.synthesis import Synthesizer
 
-    synth = Synthesizer.load(bank=bank, prior=prior, vae=vae, embedder=embedder)
+    synth = Synthesizer.load(bank=bank, prior=prior, vae=vae, embedder=embedder, base=base)
     result = synth.synthesize(photos, method.value, seed, guidance, steps, out=out, fmt=fmt.value)
     if as_json:
         print(json.dumps(result.to_json()))
@@ -58,7 +63,7 @@ def generate(
     prompt: Annotated[str, typer.Option(help="Text prompt.")] = "a photo of sks person",
     n: Annotated[int, typer.Option("--n", min=1, max=1000, help="Number of images.")] = 4,
     out: Annotated[Path, typer.Option(help="Output folder for PNGs.")] = Path("generated"),
-    base: Annotated[str, typer.Option(help="'mini' or a diffusers pipeline folder.")] = "mini",
+    base: Annotated[str, typer.Option(help=BASE_HELP)] = "mini",
     seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 25,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 3.0,

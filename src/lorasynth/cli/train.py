@@ -23,6 +23,19 @@ StopAt = Annotated[
 Overrides = Annotated[
     list[str] | None, typer.Option("--set", help="Config field=value (repeatable).")
 ]
+BaseOpt = Annotated[
+    str | None,
+    typer.Option(help="Base model the bank's LoRAs are for: checked to fit before training."),
+]
+
+
+def _check_base(bank: Path, base: str | None) -> None:
+    """Fail in seconds, not after a long run, when the bank's LoRAs do not fit the base."""
+    if base is not None:
+        from lorasynth.bank import Bank
+        from lorasynth.generate import check_fits_base
+
+        check_fits_base(Bank(bank).layout, base)
 
 
 def _config(cls, overrides: list[str] | None):
@@ -48,9 +61,12 @@ def vae(
     overrides: Overrides = None,
     resume: Resume = True,
     stop_at: StopAt = None,
+    base: BaseOpt = None,
 ) -> None:
     """Fit the LoRA VAE on BANK's normalised vectors -> OUT/lora-vae.safetensors."""
     from lorasynth.train import train_vae
+
+    _check_base(bank, base)
 
     result = train_vae(
         bank, out, _config(VAETrainConfig, overrides), resume=resume, stop_at=stop_at
@@ -73,10 +89,13 @@ def prior(
     overrides: Overrides = None,
     resume: Resume = True,
     stop_at: StopAt = None,
+    base: BaseOpt = None,
 ) -> None:
     """Fit the conditional diffusion prior -> OUT/prior.safetensors (EMA weights)."""
     from lorasynth.bank.conditions import CONDITIONS_FILE
     from lorasynth.train import train_prior
+
+    _check_base(bank, base)
 
     config = _config(PriorTrainConfig, overrides)
     result = train_prior(
