@@ -21,6 +21,7 @@ from lorasynth.atomic import write_json_atomic
 from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
 from lorasynth.bank.conditions import ConditionTable
 from lorasynth.checkpoint import load_training_state, save_training_state
+from lorasynth.domains import check_same_domain
 from lorasynth.errors import LorasynthError
 from lorasynth.models.denoiser import Denoiser, DenoiserConfig
 from lorasynth.models.diffusion import check_target, diffusion_loss, draw_times
@@ -207,7 +208,7 @@ def train_vae(
         return None
     out = run.out / VAE_FILE
     if run.is_main:
-        provenance = Provenance(bank.layout_hash, norm.hash)
+        provenance = Provenance(bank.layout_hash, norm.hash, domain=bank.domain)
         save_model(out, "lorasynth-lora-vae", model, asdict(model.config), provenance)
         _write_summary(run, began, {"recon_last": _tail_mean(run.out / "log.jsonl", "recon")})
     run.accelerator.wait_for_everyone()
@@ -226,7 +227,9 @@ def _representation(
     if vae_path is None:
         raise LorasynthError("representation 'vae' needs --vae (a lora-vae.safetensors)")
     vae, provenance, digest = load_vae(vae_path)
-    provenance.check(vae_path, layout_hash=bank.layout_hash, normaliser_hash=norm.hash)
+    provenance.check(
+        vae_path, layout_hash=bank.layout_hash, normaliser_hash=norm.hash, domain=bank.domain
+    )
     return VaeRepresentation(vae, digest)
 
 
@@ -267,6 +270,12 @@ def train_prior(
     run = _Run(Path(out_dir), config, "prior")
     bank, norm = _bank_and_normaliser(Path(bank_path))
     table = ConditionTable.load(conditions_path)
+    check_same_domain(
+        f"bank {bank.path}",
+        bank.domain,
+        f"conditions {conditions_path} (embedder {table.embedder_id})",
+        table.domain,
+    )
     cond_rows = table.index_for(bank.ids)
     rep = _representation(config, bank, norm, Path(vae_path) if vae_path else None)
     mean, std = _latent_stats(rep, bank, norm)
@@ -340,7 +349,9 @@ def train_prior(
         extra = {"latent_mean": mean, "latent_std": std}
         if isinstance(rep, PcaRepresentation):
             extra.update(rep.tensors())
-        provenance = Provenance(bank.layout_hash, norm.hash, table.embedder_id, rep.id)
+        provenance = Provenance(
+            bank.layout_hash, norm.hash, table.embedder_id, rep.id, domain=bank.domain
+        )
         save_model(out, "lorasynth-prior", ema, asdict(ema.config), provenance, extra)
         _write_summary(run, began, {"loss_last": _tail_mean(run.out / "log.jsonl", "loss")})
     run.accelerator.wait_for_everyone()

@@ -24,6 +24,7 @@ class ConditionTable:
     ids: list[str]
     embeddings: torch.Tensor  # (N, K, E), L2-normalised rows
     embedder_id: str
+    domain: str = "faces"  # the subjects' domain (tables from before domains: faces)
 
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 3 or self.embeddings.shape[0] != len(self.ids):
@@ -37,6 +38,7 @@ class ConditionTable:
             "kind": "lorasynth-conditions",
             "ids": json.dumps(self.ids),
             "embedder_id": self.embedder_id,
+            "domain": self.domain,
         }
         save_tensors(path, {"embeddings": self.embeddings.float()}, meta)
         return Path(path)
@@ -46,7 +48,10 @@ class ConditionTable:
         tensors, meta = load_tensors(path)
         if meta.get("kind") != "lorasynth-conditions":
             raise LorasynthError(f"{path}: not a lorasynth condition table")
-        table = cls(json.loads(meta["ids"]), tensors["embeddings"], meta["embedder_id"])
+        from lorasynth.domains import embedder_domain
+
+        domain = meta.get("domain") or embedder_domain(meta["embedder_id"]) or "faces"
+        table = cls(json.loads(meta["ids"]), tensors["embeddings"], meta["embedder_id"], domain)
         if embedder_id is not None and table.embedder_id != embedder_id:
             raise LorasynthError(
                 f"{path}: embeddings come from {table.embedder_id!r}, expected {embedder_id!r}"

@@ -96,12 +96,21 @@ class Bank:
                 raise LorasynthError(
                     f"{path}: bank holds layout {bank.layout_hash}, the LoRAs have {layout.describe()}"
                 )
+            if extra and "domain" in extra:
+                from lorasynth.domains import check_same_domain
+
+                check_same_domain(f"bank {path}", bank.domain, "the LoRAs to add", extra["domain"])
             return bank
         return cls.create(path, layout, extra)
 
     # ---- reading -------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def domain(self) -> str:
+        """The subject domain of the bank's LoRAs; banks from before domains are "faces"."""
+        return self.extra.get("domain") or "faces"
 
     @property
     def layout(self) -> LoraLayout:
@@ -245,6 +254,7 @@ class Bank:
             "dtype": self.dtype,
             "dim": self.dim,
             "shards": len(self.shards),
+            "domain": self.domain,
             "ids": self.ids,
             **({"extra": self.extra} if self.extra else {}),
         }

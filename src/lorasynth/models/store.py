@@ -36,6 +36,7 @@ class Provenance:
     normaliser_hash: str
     embedder_id: str = ""  # priors only
     representation: str = ""  # priors only: "vae:<hash>", "pca:<hash>" or "raw"
+    domain: str = "faces"  # subject domain of the bank (files from before domains: faces)
 
     def check(self, path: Path, **expected: str | None) -> None:
         names = {
@@ -43,6 +44,7 @@ class Provenance:
             "normaliser_hash": "normaliser (bank)",
             "embedder_id": "embedder",
             "representation": "representation (VAE/PCA)",
+            "domain": "domain",
         }
         for field, want in expected.items():
             have = getattr(self, field)
