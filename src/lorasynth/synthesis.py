@@ -12,7 +12,6 @@ Models are loaded once (`Synthesizer.load`); each call then costs milliseconds.
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Sequence
@@ -25,6 +24,8 @@ import torch
 from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
 from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
 from lorasynth.errors import LorasynthError
+from lorasynth.faces.embedders import MiniFaceEmbedder, as_face_embedder, load_face_embedder
+from lorasynth.faces.photos import Photo, load_photo
 from lorasynth.lora import LoraFile, unflatten, write_lora
 from lorasynth.models.representation import PcaRepresentation, Representation, VaeRepresentation
 from lorasynth.models.sampling import sample
@@ -32,7 +33,6 @@ from lorasynth.models.store import load_prior, load_vae
 from lorasynth.paths import mini_world_dir
 
 METHODS = ("diffusion", "nearest", "lincomb", "optimize", "trained")
-Photo = str | os.PathLike[str] | bytes | np.ndarray
 
 
 @dataclass
@@ -125,7 +125,8 @@ class Synthesizer:
         self.bank = bank
         self.layout = bank.layout
         self.normaliser = Normaliser.load(bank.path / NORMALISER_FILE, bank.layout_hash)
-        self.embedder = embedder
+        self.embedder = embedder  # a MiniEmbedder or any lorasynth.faces FaceEmbedder
+        self.faces = as_face_embedder(embedder)
         table = ConditionTable.load(bank.path / CONDITIONS_FILE, embedder.embedder_id)
         self.bank_embeddings = table.mean_embeddings()[table.index_for(bank.ids)]
         self.prior = prior
@@ -144,17 +145,20 @@ class Synthesizer:
         vae: str | os.PathLike[str] | None = None,
         embedder: str = "mini-arcface",
         base: str | os.PathLike[str] = "mini",
+        model_dir: str | os.PathLike[str] | None = None,
     ) -> Synthesizer:
         """Defaults: the shipped mini-world (bank, default prior and VAE, mini-arcface).
 
         `base` ('mini', a diffusers folder or an SD1.5 .safetensors checkpoint) is the model the
         LoRAs are for: checked against the bank's layout now, loaded by optimize/trained.
+        `embedder` / `model_dir`: see lorasynth.faces.load_face_embedder; the bank's conditions
+        and the prior must come from the same embedder (checked by id).
         """
-        from lorasynth.faces.mini import load_embedder
-
         root = mini_world_dir() / "synthesis"
         bank_store = Bank(bank or mini_world_dir() / "bank")
-        face_embedder = load_embedder(embedder)
+        face_embedder = load_face_embedder(embedder, model_dir)
+        if isinstance(face_embedder, MiniFaceEmbedder):
+            face_embedder = face_embedder.model  # what evaluate and the optimizer expect
         synth = cls(bank_store, face_embedder)
         if str(base) != "mini":
             from lorasynth.generate import check_fits_base
@@ -179,16 +183,13 @@ class Synthesizer:
         return self._vectors
 
     # ---- embeddings ------------------------------------------------------------------------
-    def embed(self, photos: Sequence[Photo]) -> torch.Tensor:
-        """One L2-normalised condition from one or more photos (mean in embedding space)."""
-        from lorasynth.faces.mini import embed_images
+    def embed(self, photos: Sequence[Photo], face_index: int | None = None) -> torch.Tensor:
+        """One L2-normalised condition from one or more photos (mean in embedding space).
 
-        if not photos:
-            raise LorasynthError("give at least one photo")
-        size = self.embedder.config.image_size
-        images = np.stack([_photo_array(p, size) for p in photos])
-        embeddings = embed_images(self.embedder, images)
-        return torch.nn.functional.normalize(embeddings.mean(0), dim=0)
+        Each photo's largest face is used, or its `face_index`-th (largest first); several
+        faces, small or blurry faces are FaceWarnings, no face is a LorasynthError.
+        """
+        return torch.from_numpy(self.faces.embed_mean(photos, face_index))
 
     # ---- methods ---------------------------------------------------------------------------
     def vectors_for(
@@ -278,6 +279,7 @@ class Synthesizer:
         steps: int = 25,
         out: str | os.PathLike[str] | None = None,
         fmt: str = "diffusers",
+        face_index: int | None = None,
     ) -> SynthesisResult:
         """Photo(s) -> LoRA (written to `out` if given); time_ms covers photo bytes to file."""
         start = time.perf_counter()
@@ -286,7 +288,8 @@ class Synthesizer:
         elif method == "trained":
             vector = self.train(photos, seed)
         else:
-            vector = self.vectors_for(self.embed(photos)[None], method, seed, guidance, steps)[0]
+            cond = self.embed(photos, face_index)[None]
+            vector = self.vectors_for(cond, method, seed, guidance, steps)[0]
         lora = unflatten(vector, self.layout, self._provenance(method, seed, guidance, steps))
         path = Path(out) if out else None
         if path is not None:
@@ -313,25 +316,4 @@ class Synthesizer:
 
 
 def _photo_array(photo: Photo, size: int) -> np.ndarray:
-    from lorasynth.faces.mini import load_photo
-
-    if isinstance(photo, np.ndarray):
-        if photo.ndim != 3 or photo.shape[-1] != 3:
-            raise LorasynthError(f"a photo array must be (H, W, 3) RGB, got shape {photo.shape}")
-        if photo.shape[:2] != (size, size):
-            from PIL import Image
-
-            photo = np.asarray(
-                Image.fromarray(photo).resize((size, size), Image.Resampling.BILINEAR)
-            )
-        return photo
-    if isinstance(photo, bytes):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(photo)) as im:
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise LorasynthError(f"photo bytes are not a readable image: {exc}") from None
-        return _photo_array(np.asarray(image, dtype=np.uint8), size)
     return load_photo(photo, size)

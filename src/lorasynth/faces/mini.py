@@ -294,24 +294,12 @@ def images_to_tensor(images: np.ndarray | torch.Tensor, size: int) -> torch.Tens
 
 
 def load_photo(path: str | os.PathLike[str], size: int = 32) -> np.ndarray:
-    """A PNG/JPEG photo as (size, size, 3) uint8 RGB (EXIF orientation applied, antialiased
-    bilinear resize when its size differs); anything unreadable is a LorasynthError."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """A photo as (size, size, 3) uint8 RGB (see lorasynth.faces.photos.load_photo: type from
+    content, limits, EXIF orientation; bilinear resize); anything unreadable is a
+    LorasynthError naming the photo."""
+    from lorasynth.faces.photos import load_photo as load_any_photo
 
-    path = Path(path)
-    if not path.is_file():
-        raise LorasynthError(f"{path}: no such photo")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            image = ImageOps.exif_transpose(im).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise LorasynthError(
-            f"{path}: not a readable image (PNG or JPEG expected): {exc}"
-        ) from None
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(image, dtype=np.uint8)
+    return load_any_photo(path, size)
 
 
 @torch.no_grad()
