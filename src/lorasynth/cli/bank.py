@@ -29,12 +29,16 @@ def ingest(
         typer.Option(help=f"Expect the SD1.5 layout of this preset ({', '.join(PRESETS)})."),
     ] = None,
     rank: Annotated[int, typer.Option(min=1, help="Rank of the --preset layout.")] = 1,
+    base: Annotated[
+        str | None,
+        typer.Option(help="Take the --preset layout from this base model's UNet instead of SD1.5."),
+    ] = None,
     normalise: Annotated[bool, typer.Option(help="Refit BANK/normaliser.safetensors.")] = True,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any file was bad.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Canonicalize every LoRA file under FOLDER into BANK (resumable; bad files are reported)."""
-    layout = LoraLayout.sd15(preset, rank) if preset else None
+    layout = _preset_layout(preset, rank, base)
     report = run_ingest(
         folder, bank, layout=layout, workers=workers, chunk=chunk, normalise=normalise
     )
@@ -49,6 +53,50 @@ def ingest(
     )
     if strict and report.failed:
         raise typer.Exit(1)
+
+
+@app.command("import-w2w")
+def import_w2w(
+    src: Annotated[Path, typer.Argument(help="weights2weights all_weights.pt or a .safetensors.")],
+    bank: Path,
+    base: Annotated[
+        str | None,
+        typer.Option(help="SD1.5-family base the LoRAs are for (default: SD1.5's layout)."),
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option(help="LoRA alpha of the rows (weights2weights: 27).")
+    ] = 27.0,
+    chunk: Annotated[int, typer.Option(min=1, help="Rows per atomic append.")] = 1024,
+    limit: Annotated[int | None, typer.Option(min=1, help="Import only the first N rows.")] = None,
+    normalise: Annotated[bool, typer.Option(help="Refit BANK/normaliser.safetensors.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Import the weights2weights bank (rank-1 SD1.5 LoRAs in its own flat order) into BANK.
+
+    A .pt file is a pickle: it is read only here, with torch.load(weights_only=True).
+    """
+    from lorasynth.bank.w2w import W2W_RANK
+    from lorasynth.bank.w2w import import_w2w as run_import
+
+    layout = _preset_layout("w2w", W2W_RANK, base) if base else None
+    report = run_import(
+        src, bank, layout=layout, alpha=alpha, chunk=chunk, limit=limit, normalise=normalise
+    )
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    print(
+        f"imported {report.imported}, already present {report.skipped}; bank has {report.rows} "
+        f"rows (layout {report.layout_hash})",
+        file=sys.stderr,
+    )
+
+
+def _preset_layout(preset: str | None, rank: int, base: str | None) -> LoraLayout | None:
+    if base is None:
+        return LoraLayout.sd15(preset, rank) if preset else None
+    from lorasynth.generate import base_layout
+
+    return base_layout(base, preset or "w2w", rank)
 
 
 @app.command()
