@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,30 +11,64 @@ import typer
 
 
 def embed(
-    photos: Annotated[list[Path], typer.Argument(help="PNG or JPEG photos of faces.")],
+    photos: Annotated[
+        list[Path], typer.Argument(help="Face photos (JPEG, PNG, WebP or BMP; type from content).")
+    ],
     embedder: Annotated[
         str,
-        typer.Option(help="mini-arcface, mini-eval, or the path of an embedder .safetensors."),
+        typer.Option(
+            help="mini-arcface, mini-eval (mini-world renders), dlib (real photos), "
+            "arcface-onnx (with --model-dir), or a mini embedder .safetensors path."
+        ),
     ] = "mini-arcface",
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model folder: an insightface folder for arcface-onnx (e.g. buffalo_l); "
+            "dlib's .dat files for dlib (default: the face_recognition_models package)."
+        ),
+    ] = None,
+    face_index: Annotated[
+        int | None,
+        typer.Option(min=0, help="Which face of each photo, largest first (default: 0)."),
+    ] = None,
+    mean: Annotated[
+        bool, typer.Option("--mean", help="One L2-normalised mean embedding of all photos.")
+    ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help='Print [{"path": ..., "embedding": [...]}].')
+        bool,
+        typer.Option(
+            "--json",
+            help='Print [{"path", "embedding", "faces_found", "face", "blur", "warnings"}], '
+            'or with --mean {"embedder_id", "paths", "embedding"}.',
+        ),
     ] = False,
 ) -> None:
-    """Embed face photos (resized to the embedder's 32x32 input) with a mini-world embedder."""
-    import numpy as np
+    """Detect, align and embed the face in each photo (several faces: the largest)."""
+    from lorasynth.faces import load_face_embedder, mean_embedding
 
-    from lorasynth.faces.mini import embed_images, load_embedder, load_photo
-
-    model = load_embedder(embedder)
-    # Every photo is read before any is embedded: one bad path fails the whole call.
-    images = np.stack([load_photo(p, model.config.image_size) for p in photos])
-    embeddings = embed_images(model, images).tolist()
-    if as_json:
-        rows = [{"path": str(p), "embedding": e} for p, e in zip(photos, embeddings, strict=True)]
+    model = load_face_embedder(str(embedder), model_dir)
+    # Every photo is read and its face found before the result is printed: one bad photo fails
+    # the whole call.
+    results = model.analyse(photos, face_index)
+    for result in results:
+        for note in result.warnings:
+            print(f"warning: {note}", file=sys.stderr)
+    if mean:
+        vector = mean_embedding([r.embedding for r in results]).tolist()
+        if as_json:
+            paths = [str(p) for p in photos]
+            typer.echo(
+                json.dumps({"embedder_id": model.embedder_id, "paths": paths, "embedding": vector})
+            )
+        else:
+            typer.echo(f"mean of {len(photos)}\t" + " ".join(f"{v:.6f}" for v in vector))
+    elif as_json:
+        rows = [{**r.to_json(), "embedder_id": model.embedder_id} for r in results]
         typer.echo(json.dumps(rows))
-        return
-    for p, e in zip(photos, embeddings, strict=True):
-        typer.echo(f"{p}\t" + " ".join(f"{v:.6f}" for v in e))
+    else:
+        for result in results:
+            typer.echo(f"{result.photo}\t" + " ".join(f"{v:.6f}" for v in result.embedding))
     typer.echo(f"{len(photos)} photo(s), {model.embedder_id}", err=True)
 
 

@@ -39,17 +39,52 @@ def synthesize(
     ] = None,
     prior: Annotated[Path | None, typer.Option(help="Prior file (default: shipped).")] = None,
     vae: Annotated[Path | None, typer.Option(help="LoRA VAE file (default: shipped).")] = None,
-    embedder: Annotated[str, typer.Option(help="Conditioning embedder.")] = "mini-arcface",
+    embedder: Annotated[
+        str,
+        typer.Option(
+            help="Conditioning embedder (mini-arcface, mini-eval, dlib, arcface-onnx); it must "
+            "be the one the bank and prior were built with."
+        ),
+    ] = "mini-arcface",
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Embedder model folder (see `lorasynth embed --help`).")
+    ] = None,
+    face_index: Annotated[
+        int | None, typer.Option(min=0, help="Which face of each photo, largest first.")
+    ] = None,
     base: Annotated[str, typer.Option(help=BASE_HELP)] = "mini",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print method, seed, time_ms, layout_hash.")
     ] = False,
 ) -> None:
     """Make a subject's LoRA from photo(s) in milliseconds, with no training."""
+    import warnings
+
+    from lorasynth.faces import FaceWarning
     from lorasynth.synthesis import Synthesizer
 
-    synth = Synthesizer.load(bank=bank, prior=prior, vae=vae, embedder=embedder, base=base)
-    result = synth.synthesize(photos, method.value, seed, guidance, steps, out=out, fmt=fmt.value)
+    synth = Synthesizer.load(
+        bank=bank, prior=prior, vae=vae, embedder=embedder, base=base, model_dir=model_dir
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FaceWarning)
+        result = synth.synthesize(
+            photos,
+            method.value,
+            seed,
+            guidance,
+            steps,
+            out=out,
+            fmt=fmt.value,
+            face_index=face_index,
+        )
+    for warning in caught:
+        if issubclass(warning.category, FaceWarning):
+            typer.echo(f"warning: {warning.message}", err=True)
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     if as_json:
         print(json.dumps(result.to_json()))
     else:

@@ -115,6 +115,12 @@ class FaceEmbedder(Protocol):
         """(H, W, 3) uint8 RGB -> its faces, largest first."""
         ...
 
+    def analyse(
+        self, photos: Sequence[Photo], face_index: int | None = None
+    ) -> list[FaceEmbedding]:
+        """Per photo: the embedding, every face found, the one used, and warnings to show."""
+        ...
+
     def embed(self, photos: Sequence[Photo], face_index: int | None = None) -> np.ndarray:
         """(N, dim) float32 unit rows, one per photo, in order."""
         ...
