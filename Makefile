@@ -16,6 +16,11 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	# CLIP's BPE vocabulary ships in open-clip-torch; its torchvision dependency breaks beside the
 	# pinned torch, and lorasynth only reads the vocabulary file, so it is installed without deps.
 	$(BIN)/python -m pip install --quiet --no-deps open-clip-torch==3.3.0
+	# Real photos of one person several times, for the face tests: the test images of the
+	# face_recognition 1.3.0 source package (MIT), unpacked into the venv; nothing is installed.
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: -d $(VENV)/share/sdists face_recognition==1.3.0
+	mkdir -p $(VENV)/share/face_recognition_test_images
+	tar -xzf $(VENV)/share/sdists/face_recognition-1.3.0.tar.gz -C $(VENV)/share/face_recognition_test_images --strip-components=3 face_recognition-1.3.0/tests/test_images
 	touch $(STAMP)
 
 demo: $(STAMP)
