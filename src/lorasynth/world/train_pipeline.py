@@ -40,15 +40,9 @@ from tqdm.auto import tqdm
 
 from lorasynth.atomic import write_json_atomic
 from lorasynth.checkpoint import load_training_state, save_training_state
+from lorasynth.domains import DOMAIN_KEY, get_domain
 from lorasynth.errors import LorasynthError
-from lorasynth.world.attributes import (
-    BACKGROUNDS,
-    Nuisance,
-    caption,
-    identity_attributes,
-    nuisance_rng,
-    sample_nuisance,
-)
+from lorasynth.world.attributes import BACKGROUNDS, Nuisance
 from lorasynth.world.pipeline_build import (
     PipelineConfig,
     assemble_pipeline,
@@ -78,18 +72,27 @@ _UNUSED_STEPS = 10**12
 
 
 def render_batch(
-    identities: Sequence[int], nuisances: Sequence[Nuisance], subject: str = "a photo of a person"
+    identities: Sequence[int],
+    nuisances: Sequence[Nuisance],
+    subject: str | None = None,
+    domain: str = "faces",
 ) -> tuple[np.ndarray, list[str]]:
-    """Renders (B, 32, 32, 3) uint8 and their captions."""
-    from lorasynth.world.render import render_faces
-
-    attrs = [identity_attributes(int(s)) for s in identities]
-    images = render_faces(attrs, list(nuisances), size=32)
-    return images, [caption(n, subject=subject) for n in nuisances]
+    """Renders (B, 32, 32, 3) uint8 of a domain's subjects and their captions (subject phrase
+    default: the domain's, e.g. "a photo of a person")."""
+    dom = get_domain(domain)
+    attrs = [dom.identity_attributes(int(s)) for s in identities]
+    images = dom.render_many(attrs, list(nuisances), size=32)
+    subject = subject or dom.generic_prompt
+    return images, [dom.caption(n, subject=subject) for n in nuisances]
 
 
 def training_batch(
-    seed: int, step: int, batch_size: int, num_identities: int, first: int = FIRST_IDENTITY
+    seed: int,
+    step: int,
+    batch_size: int,
+    num_identities: int,
+    first: int = FIRST_IDENTITY,
+    domain: str = "faces",
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """Batch `step` of a run: (images, captions, background names); a function of its arguments."""
     if not 1 <= num_identities <= MAX_IDENTITIES:
@@ -104,11 +107,12 @@ def training_batch(
     rng = np.random.default_rng([_BATCH_DOMAIN, seed, step])
     identities = first + rng.integers(num_identities, size=batch_size)
     nuisance_seeds = rng.integers(2**62, size=batch_size)
+    dom = get_domain(domain)
     nuisances = [
-        sample_nuisance(nuisance_rng(int(s), int(n)))
+        dom.sample_nuisance(dom.nuisance_rng(int(s), int(n)))
         for s, n in zip(identities, nuisance_seeds, strict=True)
     ]
-    images, captions = render_batch(identities, nuisances)
+    images, captions = render_batch(identities, nuisances, domain=dom.name)
     return images, captions, [n.background for n in nuisances]
 
 
@@ -146,6 +150,7 @@ class VaeTrainConfig:
     eval_samples: int = 512  # held-out renders for the reconstruction metrics
     checkpoint_seconds: float = 180.0
     seed: int = 0
+    domain: str = "faces"  # whose renders (lorasynth.domains)
 
 
 def _image_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,16 +180,18 @@ def measure_scaling_factor(vae: AutoencoderKL, cfg: VaeTrainConfig) -> float:
     for i in range(0, cfg.scale_samples, 256):
         # Steps past any run's length: renders the training loop never saw.
         n = min(256, cfg.scale_samples - i)
-        images, _, _ = training_batch(cfg.seed, _UNUSED_STEPS + i, n, cfg.num_identities)
+        images, _, _ = training_batch(
+            cfg.seed, _UNUSED_STEPS + i, n, cfg.num_identities, domain=cfg.domain
+        )
         posterior = vae.encode(to_model_range(images)).latent_dist
         latents.append(posterior.sample(generator=_step_generator(cfg.seed, i, 3)))
     return float(1.0 / torch.cat(latents).std())
 
 
 @torch.no_grad()
-def vae_metrics(vae: AutoencoderKL, n: int = 512) -> dict[str, float]:
+def vae_metrics(vae: AutoencoderKL, n: int = 512, domain: str = "faces") -> dict[str, float]:
     """Reconstruction PSNR (dB, 0-255 scale) and L1 on held-out renders."""
-    images, _, _ = training_batch(0, 0, n, 1000, first=EVAL_FIRST_IDENTITY)
+    images, _, _ = training_batch(0, 0, n, 1000, first=EVAL_FIRST_IDENTITY, domain=domain)
     x = to_model_range(images)
     recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
     mse = ((recon - x) / 2).square().mean().item()
@@ -208,7 +215,9 @@ def train_vae(
     last_save, t0 = time.monotonic(), time.monotonic()
     bar = tqdm(total=steps, initial=start, disable=not progress, desc="vae", mininterval=10)
     for step in range(start, steps):
-        images, _, _ = training_batch(cfg.seed, step, cfg.batch_size, cfg.num_identities)
+        images, _, _ = training_batch(
+            cfg.seed, step, cfg.batch_size, cfg.num_identities, domain=cfg.domain
+        )
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         loss, parts = vae_loss(vae, to_model_range(images), cfg, _step_generator(cfg.seed, step, 1))
@@ -232,7 +241,7 @@ def train_vae(
         "config": _config_json(cfg),
         "parameters": sum(p.numel() for p in vae.parameters()),
         "scaling_factor": vae.config.scaling_factor,
-        "metrics": vae_metrics(vae, cfg.eval_samples),
+        "metrics": vae_metrics(vae, cfg.eval_samples, cfg.domain),
     }
     write_json_atomic(out_dir / "vae-run.json", record)
     return record
@@ -257,6 +266,7 @@ class UNetTrainConfig:
     checkpoint_seconds: float = 180.0
     sample_every: int = 1000  # steps between sample grids (0: never)
     seed: int = 0
+    domain: str = "faces"  # whose renders (lorasynth.domains)
 
 
 class Ema:
@@ -344,7 +354,9 @@ def train_unet(
     smooth, done = None, start
     try:
         for step in range(start, steps):
-            images, captions, _ = training_batch(cfg.seed, step, cfg.batch_size, cfg.num_identities)
+            images, captions, _ = training_batch(
+                cfg.seed, step, cfg.batch_size, cfg.num_identities, domain=cfg.domain
+            )
             gen = _step_generator(cfg.seed, step, 2)
             drop = torch.rand(len(captions), generator=gen) < cfg.caption_dropout
             prompts = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
@@ -367,7 +379,8 @@ def train_unet(
             if cfg.sample_every and done % cfg.sample_every == 0:
                 # A grid to look at, and a loadable snapshot of the EMA pipeline so far.
                 pipe = _ema_pipeline(vae, ema_text.module, tokenizer, ema_unet.module, cfg)
-                save_sample_grid(pipe, out_dir / "samples" / f"step-{done:07d}.png")
+                grid = out_dir / "samples" / f"step-{done:07d}.png"
+                save_sample_grid(pipe, grid, domain=cfg.domain)
                 save_pipeline(pipe, out_dir / "pipeline")
             if time.monotonic() - last_save > cfg.checkpoint_seconds:
                 seconds = _save(state_path, done, modules, {"adamw": opt}, cfg, seconds, t0)
@@ -430,8 +443,9 @@ def _resume_or_fresh(
     if not state_path.is_file():
         raise LorasynthError(f"{state_path}: nothing to resume; run without --resume first")
     state = load_training_state(state_path, modules=modules, optimizers=optimizers)
-    if state["config"] != config:
-        changed = sorted(k for k in config if state["config"].get(k) != config[k])
+    stored = {DOMAIN_KEY: "faces", **state["config"]}  # runs from before domains: faces
+    if stored != config:
+        changed = sorted(k for k in config if stored.get(k) != config[k])
         raise LorasynthError(
             f"{state_path}: was trained with another config (differs in {changed}); "
             f"resume with the same options or start a new --out"
@@ -455,21 +469,13 @@ def _save(path: Path, step: int, modules, optimizers, cfg, seconds: float, t0: f
 # ----------------------------------------------------------------------------- evaluation
 
 
-def grid_prompts() -> list[str]:
-    """One row per background: plain, smiling, glasses, hat, left, right, eyes closed, plain."""
+def grid_prompts(domain: str = "faces") -> list[str]:
+    """One row per background, eight captioned variants each (faces: plain, smiling, glasses,
+    hat, left, right, eyes closed, plain; see each domain's `grid_nuisances`)."""
+    dom = get_domain(domain)
     rows = []
     for bg in BACKGROUNDS:
-        variants = [
-            Nuisance(background=bg),
-            Nuisance(background=bg, smile=0.9),
-            Nuisance(background=bg, glasses=True),
-            Nuisance(background=bg, hat=True),
-            Nuisance(background=bg, yaw=-0.8),
-            Nuisance(background=bg, yaw=0.8),
-            Nuisance(background=bg, eye_openness=0.1),
-            Nuisance(background=bg),
-        ]
-        rows.extend(caption(n) for n in variants)
+        rows.extend(dom.caption(n, subject=dom.generic_prompt) for n in dom.grid_nuisances(bg))
     return rows
 
 
@@ -515,22 +521,27 @@ def generate(
     return np.concatenate(out)
 
 
-def save_sample_grid(pipe: StableDiffusionPipeline, path: Path, seed: int = 0, **kwargs) -> Path:
-    """A PNG grid of `grid_prompts()` (rows: backgrounds; columns: variants)."""
+def save_sample_grid(
+    pipe: StableDiffusionPipeline, path: Path, seed: int = 0, domain: str = "faces", **kwargs
+) -> Path:
+    """A PNG grid of `grid_prompts(domain)` (rows: backgrounds; columns: variants)."""
     from PIL import Image
 
-    images = generate(pipe, grid_prompts(), seed=seed, **kwargs)
+    images = generate(pipe, grid_prompts(domain), seed=seed, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image_grid(images, columns=8)).save(path)
     return path
 
 
-def mini_eval_embed() -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-    """The `mini-eval` embedder as an embed function if it is built, else raw 8x8 pixels."""
+def mini_eval_embed(domain: str = "faces") -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """The domain's judge (faces: `mini-eval`) as an embed function if it is built, else raw
+    8x8 pixels."""
     from lorasynth.faces import mini
 
+    dom = get_domain(domain)
+    path = dom.embedder_path(dom.judge)
     try:
-        embedder = mini.load_embedder("mini-eval")
+        embedder = mini.load_embedder(dom.judge if dom.name == "faces" else path)
     except LorasynthError:
         return pixel_features, "pixels-8x8"
     return (lambda images: mini.embed_images(embedder, images).numpy()), embedder.embedder_id
@@ -545,6 +556,7 @@ def evaluate_pipeline(
     guidance_rescale: float = 0.0,
     embed: Callable[[np.ndarray], np.ndarray] | None = None,
     embed_name: str = "pixels-8x8",
+    domain: str = "faces",
 ) -> dict[str, Any]:
     """Prompt fidelity and Frechet distance of generations vs held-out renders of the same captions.
 
@@ -552,8 +564,10 @@ def evaluate_pipeline(
     set) is the floor the generated distance should be read against.
     """
     embed = embed or pixel_features
-    real, captions, backgrounds = training_batch(seed, 0, num_samples, 100_000, EVAL_FIRST_IDENTITY)
-    real2, _, _ = training_batch(seed, 1, num_samples, 100_000, EVAL_FIRST_IDENTITY)
+    real, captions, backgrounds = training_batch(
+        seed, 0, num_samples, 100_000, EVAL_FIRST_IDENTITY, domain
+    )
+    real2, _, _ = training_batch(seed, 1, num_samples, 100_000, EVAL_FIRST_IDENTITY, domain)
     fake = generate(pipe, captions, seed, num_inference_steps, guidance_scale, guidance_rescale)
     return {
         "num_samples": num_samples,
@@ -581,29 +595,48 @@ def _confusions(predicted: Sequence[str], wanted: Sequence[str]) -> dict[str, in
 
 
 def build_vae(
-    out_dir: Path, steps: int = 2500, resume: bool = False, progress: bool = True, seed: int = 0
+    out_dir: Path,
+    steps: int = 2500,
+    resume: bool = False,
+    progress: bool = True,
+    seed: int = 0,
+    domain: str = "faces",
+    pipeline: PipelineConfig | None = None,
 ) -> dict[str, Any]:
     """The `vae` stage with default settings (what `lorasynth world build --stage vae` runs)."""
-    return train_vae(Path(out_dir), steps, VaeTrainConfig(seed=seed), resume, progress)
+    cfg = VaeTrainConfig(pipeline=pipeline or PipelineConfig(), seed=seed, domain=domain)
+    return train_vae(Path(out_dir), steps, cfg, resume, progress)
 
 
 def build_unet(
-    out_dir: Path, steps: int = 10_000, resume: bool = False, progress: bool = True, seed: int = 0
+    out_dir: Path,
+    steps: int = 10_000,
+    resume: bool = False,
+    progress: bool = True,
+    seed: int = 0,
+    domain: str = "faces",
+    pipeline: PipelineConfig | None = None,
 ) -> dict[str, Any]:
     """The `unet` stage with default settings (what `lorasynth world build --stage unet` runs)."""
-    return train_unet(Path(out_dir), steps, UNetTrainConfig(seed=seed), resume, progress)
+    cfg = UNetTrainConfig(pipeline=pipeline or PipelineConfig(), seed=seed, domain=domain)
+    return train_unet(Path(out_dir), steps, cfg, resume, progress)
 
 
-def evaluate_run(out_dir: Path, num_samples: int = 500, **kwargs) -> dict[str, Any]:
+def evaluate_run(
+    out_dir: Path, num_samples: int = 500, domain: str = "faces", **kwargs
+) -> dict[str, Any]:
     """Evaluate OUT/pipeline; writes OUT/metrics.json and OUT/samples/final.png."""
     path = Path(out_dir) / "pipeline"
     if not (path / "model_index.json").is_file():
         raise LorasynthError(f"{path}: no trained pipeline; run the `unet` stage first")
     pipe = StableDiffusionPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
-    embed, name = mini_eval_embed()
-    metrics = evaluate_pipeline(pipe, num_samples, embed=embed, embed_name=name, **kwargs)
-    save_sample_grid(pipe, Path(out_dir) / "samples" / "final.png")
+    embed, name = mini_eval_embed(domain)
+    metrics = evaluate_pipeline(
+        pipe, num_samples, embed=embed, embed_name=name, domain=domain, **kwargs
+    )
+    metrics[DOMAIN_KEY] = get_domain(domain).name
+    save_sample_grid(pipe, Path(out_dir) / "samples" / "final.png", domain=domain)
     write_json_atomic(Path(out_dir) / "metrics.json", metrics)
     return metrics
 
@@ -630,8 +663,6 @@ def export_run(out_dir: Path, dest: Path, extra: dict[str, Any] | None = None) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lorasynth.paths import mini_world_dir
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", required=True, choices=["vae", "unet", "evaluate", "export"])
     parser.add_argument("--out", required=True, type=Path, help="run folder")
@@ -644,19 +675,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=500, help="evaluate: generated images")
     parser.add_argument("--guidance", type=float, default=1.5, help="evaluate: CFG scale")
     parser.add_argument("--dest", type=Path, default=None, help="export: default assets/mini-world")
+    parser.add_argument("--domain", default="faces", help="faces or products")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     # SIGTERM stops like Ctrl-C: the unet stage then saves its checkpoint and pipeline.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        domain = get_domain(args.domain)
         if args.stage == "vae":
-            record = build_vae(args.out, args.steps or 2500, args.resume, True, args.seed)
+            steps = args.steps or 2500
+            record = build_vae(args.out, steps, args.resume, True, args.seed, domain.name)
         elif args.stage == "unet":
-            record = build_unet(args.out, args.steps or 10_000, args.resume, True, args.seed)
+            steps = args.steps or 10_000
+            record = build_unet(args.out, steps, args.resume, True, args.seed, domain.name)
         elif args.stage == "evaluate":
-            record = evaluate_run(args.out, args.samples, guidance_scale=args.guidance)
+            record = evaluate_run(args.out, args.samples, domain.name, guidance_scale=args.guidance)
         else:
-            record = {"exported": str(export_run(args.out, args.dest or mini_world_dir()))}
+            record = {"exported": str(export_run(args.out, args.dest or domain.root()))}
     except LorasynthError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
