@@ -144,7 +144,7 @@ def decode_photo(data: bytes, name: str, limits: PhotoLimits = DEFAULT_LIMITS) -
         if width * height > limits.max_pixels:
             raise LorasynthError(
                 f"{name}: {width}x{height} = {width * height / 1e6:.1f} MP is over the limit of "
-                f"{limits.max_pixels / 1e6:.0f} MP (a decompression bomb or an oversized photo); "
+                f"{limits.max_pixels / 1e6:g} MP (a decompression bomb or an oversized photo); "
                 "scale it down"
             )
         if min(width, height) < limits.min_side:
