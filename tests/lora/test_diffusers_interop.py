@@ -96,3 +96,64 @@ def test_diffusers_peft_save_reads_back(tiny_unet, tmp_path):
     layout = lora.layout()
     kohya = read_lora(write_lora(tmp_path / "k.safetensors", lora, to="kohya"))
     torch.testing.assert_close(flatten(kohya, layout), flatten(lora, layout), rtol=1e-5, atol=1e-6)
+
+
+def test_kohya_file_at_sd15_names_what_uis_load(tmp_path):
+    """lora_unet_ names, explicit alpha per module, modelspec as kohya writes it for SD1 LoRAs;
+    diffusers' own kohya converter takes every key (it raises on leftovers)."""
+    from diffusers import StableDiffusionPipeline
+
+    from lorasynth.lora.layout import kohya_name
+    from lorasynth.lora.safetensors_io import load_tensors
+
+    layout = LoraLayout.sd15("w2w", 1)
+    lora = random_lora(layout, seed=2, alpha=27.0)
+    path = write_lora(tmp_path / "subject.safetensors", lora, to="kohya", title="Subject")
+    tensors, meta = load_tensors(path)
+    assert len(tensors) == 3 * 64 and all(k.startswith("lora_unet_") for k in tensors)
+    stem = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert kohya_name(layout.modules[0]) == stem
+    assert tensors[f"{stem}.lora_down.weight"].shape == (1, 320)
+    assert tensors[f"{stem}.lora_up.weight"].shape == (320, 1)
+    assert tensors[f"{stem}.alpha"].shape == () and float(tensors[f"{stem}.alpha"]) == 27.0
+    assert {k: meta[k] for k in meta if k.startswith("modelspec.")} == {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": "Subject",
+        "modelspec.resolution": "512x512",
+        "modelspec.prediction_type": "epsilon",
+    }
+    assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_alpha"] == "27.0"
+    assert meta["ss_network_dim"] == "1" and meta["ss_base_model_version"] == "sd_v1"
+
+    state, alphas = StableDiffusionPipeline.lora_state_dict(str(path))
+    assert len(state) == 2 * 64 and len(alphas) == 64
+    # diffusers' kohya reader names the down weight the attention-processor way.
+    key = (
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight"
+    )
+    assert torch.equal(state[key], lora.modules[layout.modules[0]].down)
+    assert set(alphas.values()) == {27.0}
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
+def test_bank_export_loads_into_a_pipeline_with_the_same_update(tiny_pipeline, tmp_path, fmt):
+    """ingest -> bank -> `bank export` -> diffusers load_lora_weights: dW of the original file."""
+    from tests.conftest import run_cli
+
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, "attn", 2)
+    originals = {f"s{i}": random_lora(layout, seed=20 + i, alpha=3.0) for i in range(3)}
+    for name, lora in originals.items():
+        write_lora(tmp_path / "loras" / f"{name}.safetensors", lora, to="kohya")
+    bank = tmp_path / "bank"
+    run_cli("bank", "ingest", tmp_path / "loras", bank, "--workers", "1", check=True)
+    out = tmp_path / f"s1-{fmt}.safetensors"
+    run_cli("bank", "export", bank, "s1", out, "--to", fmt, check=True)
+
+    tiny_pipeline.load_lora_weights(str(out), adapter_name="exported")
+    modules = _modules(tiny_pipeline.unet)
+    for name, w in originals["s1"].modules.items():
+        torch.testing.assert_close(
+            _effective_delta(modules[name]), w.delta(), rtol=1e-4, atol=1e-5, msg=name
+        )

@@ -36,6 +36,13 @@ _ARCH_BY_CONTEXT_DIM = {
     1024: "stable-diffusion-v2-512/lora",
     2048: "stable-diffusion-xl-v1-base/lora",
 }
+# modelspec's required resolution and the prediction type, per architecture (the values
+# kohya's sd-scripts writes for LoRAs of these models), and kohya's base model version.
+_ARCH_FACTS = {
+    "stable-diffusion-v1/lora": ("512x512", "epsilon", "sd_v1"),
+    "stable-diffusion-v2-512/lora": ("512x512", "epsilon", "sd_v2"),
+    "stable-diffusion-xl-v1-base/lora": ("1024x1024", "epsilon", "sdxl_base_v1-0"),
+}
 
 
 @dataclass
@@ -386,14 +393,19 @@ def _output_metadata(
         {
             "modelspec.sai_model_spec": "1.0.0",
             "modelspec.architecture": lora.architecture,
-            "modelspec.implementation": "https://github.com/huggingface/diffusers",
+            "modelspec.implementation": "diffusers",  # module names: diffusers' UNet paths
             "modelspec.title": title,
             "lorasynth.layout_hash": layout.hash,
             "lorasynth.layout": layout.to_json(),
             "lorasynth.format": to,
         }
     )
+    facts = _ARCH_FACTS.get(meta["modelspec.architecture"])
+    if facts is not None:
+        meta["modelspec.resolution"], meta["modelspec.prediction_type"] = facts[:2]
     if to == "kohya":
+        if facts is not None:
+            meta["ss_base_model_version"] = facts[2]
         alphas = Counter(w.alpha for w in lora.modules.values())
         meta.update(
             {
