@@ -215,3 +215,29 @@ def check_same_domain(what: str, have: str | None, other: str, want: str | None)
             f"domain mismatch: {what} is domain {have!r} but {other} is domain {want!r}; "
             "use files of one domain (--domain)"
         )
+
+
+def load_mini_embedder(domain: str | Domain | None = None, name: str | None = None):
+    """A mini-world embedder of `domain` (default: its conditioner) by bare name from the
+    domain's folder, or from a .safetensors path; refuses one trained on another domain."""
+    import os
+
+    from lorasynth.faces.mini import load_embedder
+
+    dom = get_domain(domain)
+    name = name or dom.conditioner
+    bare = os.sep not in name and "/" not in name and not name.endswith(".safetensors")
+    if bare and dom.asset_subdir:
+        path = dom.embedder_path(name)
+        if not path.is_file():
+            raise LorasynthError(
+                f"{path}: no such embedder file; build it with "
+                f"`lorasynth world build --domain {dom.name} --stage embedders`"
+            )
+        embedder = load_embedder(path)
+    else:
+        embedder = load_embedder(name)  # faces' bare names resolve to assets/mini-world/
+    made_for = embedder_domain(embedder.embedder_id)
+    if made_for is not None:
+        check_same_domain(f"embedder {embedder.embedder_id}", made_for, "the request", dom.name)
+    return embedder

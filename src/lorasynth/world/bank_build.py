@@ -20,11 +20,10 @@ import torch
 
 from lorasynth.atomic import write_json_atomic
 from lorasynth.bank import Bank
+from lorasynth.domains import DOMAIN_KEY, get_domain
 from lorasynth.lora import LoraFile, LoraLayout, flatten_batch, write_lora
-from lorasynth.world.attributes import caption
 from lorasynth.world.identities import LORA_TRAINING_PHOTOS, bank_id, identity_seeds
 from lorasynth.world.lora_trainer import LoraTrainConfig, train_subject_loras
-from lorasynth.world.render import render_identity
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,7 @@ class BankBuildConfig:
     nuisance_seed: int = LORA_TRAINING_PHOTOS
     image_size: int = 32
     lora: LoraTrainConfig = field(default_factory=LoraTrainConfig)
+    domain: str = "faces"  # whose subjects (lorasynth.domains); configs without it: faces
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,11 +51,13 @@ def lora_path(out_dir: Path, seed: int) -> Path:
 
 def identity_training_data(seed: int, config: BankBuildConfig) -> tuple[np.ndarray, list[str]]:
     """The renders a subject's LoRA is trained on, with captions naming their nuisances."""
-    shots = render_identity(
+    domain = get_domain(config.domain)
+    shots = domain.render_identity(
         seed, config.images_per_identity, config.nuisance_seed, config.image_size
     )
     images = np.stack([image for image, _ in shots])
-    prompts = [caption(nuisance, subject=config.lora.subject_prompt) for _, nuisance in shots]
+    subject = config.lora.subject_prompt
+    prompts = [domain.caption(nuisance, subject=subject) for _, nuisance in shots]
     return images, prompts
 
 
@@ -93,6 +95,7 @@ def write_lora_files(
             "method": "trained",
             "train_config": json.dumps(config.lora.to_dict(), sort_keys=True),
             "images": str(config.images_per_identity),
+            DOMAIN_KEY: config.domain,
         }
         write_lora(
             lora_path(out_dir, seed),
@@ -134,7 +137,7 @@ def build_split(
     seeds = identity_seeds(split, count)
     chunks = [seeds[i : i + config.chunk] for i in range(0, len(seeds), config.chunk)]
     layout = bank_layout(pipeline_dir, config)
-    bank = Bank.open_or_create(bank_path, layout)
+    bank = Bank.open_or_create(bank_path, layout, extra={DOMAIN_KEY: config.domain})
     todo = [
         (k, chunk)
         for k, chunk in enumerate(chunks)

@@ -3,6 +3,9 @@
 Stages run in order; each writes its artifacts under assets/mini-world/ and records them (sha256,
 size, how made, measured numbers) in the manifest. Intermediate checkpoints live in build/
 (git-ignored), so an interrupted stage resumes where it stopped when run again.
+
+`--domain products` runs the same stages for the products domain (WORLDS["products"]: its own
+sizes), writing to assets/mini-world/products/ with its own manifest (see lorasynth.domains).
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from lorasynth.domains import DOMAIN_KEY, Domain, get_domain
 from lorasynth.errors import LorasynthError
-from lorasynth.paths import build_dir, mini_world_dir
 from lorasynth.world.assets import load_manifest, record_stage
 from lorasynth.world.bank_build import BankBuildConfig
 from lorasynth.world.lora_trainer import LoraTrainConfig
+from lorasynth.world.pipeline_build import PipelineConfig
 from lorasynth.world.synthesis_build import SynthesisBuildConfig
 
 
@@ -42,55 +46,113 @@ class WorldConfig:
     unet_steps: int = 20000
     workers: int = 2
     synthesis: SynthesisBuildConfig = field(default_factory=SynthesisBuildConfig)
+    domain: str = "faces"  # lorasynth.domains: whose subjects, which folder
+    pipeline: PipelineConfig | None = None  # None: the shipped architecture
+    pipeline_eval_samples: int = 500
+    embedder_eval_identities: int = 1000
+    regressor_identities: int = 8000
 
 
 WORLD = WorldConfig()
+
+# The products domain: the same stages, a smaller bank (1,000 + 100 subjects) and a shorter
+# UNet run, sized to fit a few sessions on 2 cores beside the faces build.
+PRODUCTS_WORLD = WorldConfig(
+    domain="products",
+    train_identities=1000,
+    heldout_identities=100,
+    bank=BankBuildConfig(
+        images_per_identity=8,
+        chunk=32,
+        domain="products",
+        lora=LoraTrainConfig(
+            preset="w2w",
+            rank=1,
+            steps=200,
+            lr=3e-3,
+            samples_per_subject=2,
+            subject_prompt="a photo of sks product",
+        ),
+    ),
+    vae_steps=2500,
+    unet_steps=10000,
+    synthesis=SynthesisBuildConfig(
+        priors={"adalora-v": {}, "adanorm-v": {"conditioning": "adanorm"}}
+    ),
+)
+
+WORLDS: dict[str, WorldConfig] = {"faces": WORLD, "products": PRODUCTS_WORLD}
+
+
+def _domain(world: WorldConfig) -> Domain:
+    return get_domain(world.domain)
+
+
+def _how(world: WorldConfig, stage: str) -> str:
+    flag = "" if world.domain == "faces" else f" --domain {world.domain}"
+    return f"python -m lorasynth world build{flag} --stage {stage}"
 
 
 def _stage_embedders(world: WorldConfig, resume: bool, progress: bool) -> dict:
     from lorasynth.world.train_embedders import build_embedder
 
-    out = mini_world_dir() / "embedders"
+    domain = _domain(world)
+    out = domain.root() / "embedders"
     measured = {}
-    for name in ("mini-arcface", "mini-eval"):
+    for name in domain.embedders:
         measured[name] = build_embedder(
-            name, out, world.embedder_steps, resume=resume, progress=progress
+            name,
+            out,
+            world.embedder_steps,
+            resume=resume,
+            progress=progress,
+            eval_identities=world.embedder_eval_identities,
+            regressor_identities=world.regressor_identities,
         )
     files = sorted(p for p in out.iterdir() if p.is_file())
-    record_stage("embedders", files, "python -m lorasynth world build --stage embedders", measured)
+    record_stage("embedders", files, _how(world, "embedders"), measured, root=domain.root())
     return measured
 
 
-def _pipeline_run() -> Path:
+def _pipeline_run(world: WorldConfig = WORLD) -> Path:
     """Where the pipeline trains (checkpoints, samples, logs); exported to assets when done."""
-    return build_dir() / "mini-world" / "pipeline"
+    return _domain(world).build_root() / "pipeline"
 
 
 def _stage_vae(world: WorldConfig, resume: bool, progress: bool) -> dict:
     from lorasynth.world.train_pipeline import build_vae
 
     return build_vae(
-        out_dir=_pipeline_run(), steps=world.vae_steps, resume=resume, progress=progress
+        out_dir=_pipeline_run(world),
+        steps=world.vae_steps,
+        resume=resume,
+        progress=progress,
+        domain=world.domain,
+        pipeline=world.pipeline,
     )
 
 
 def _stage_unet(world: WorldConfig, resume: bool, progress: bool) -> dict:
     from lorasynth.world.train_pipeline import build_unet, evaluate_run, export_run
 
-    build_unet(out_dir=_pipeline_run(), steps=world.unet_steps, resume=resume, progress=progress)
-    measured = evaluate_run(_pipeline_run())
-    export_run(_pipeline_run(), mini_world_dir())
-    root = mini_world_dir()
+    run = _pipeline_run(world)
+    build_unet(
+        out_dir=run,
+        steps=world.unet_steps,
+        resume=resume,
+        progress=progress,
+        domain=world.domain,
+        pipeline=world.pipeline,
+    )
+    measured = evaluate_run(run, world.pipeline_eval_samples, world.domain)
+    root = _domain(world).root()
+    export_run(run, root)
     files = [
         *sorted(p for p in (root / "pipeline").rglob("*") if p.is_file()),
         root / "pipeline-build.json",
     ]
-    record_stage(
-        "pipeline",
-        files,
-        "python -m lorasynth world build --stage vae, then --stage unet",
-        measured,
-    )
+    how = f"{_how(world, 'vae')}, then --stage unet"
+    record_stage("pipeline", files, how, measured, root=root)
     return measured
 
 
@@ -101,12 +163,15 @@ def _bank_split(
         from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
         from lorasynth.world.bank_build import bank_layout
 
-        pipeline = mini_world_dir() / "pipeline"
-        bank_path = mini_world_dir() / bank_name
-        logs_dir = build_dir() / "mini-world" / "bank-logs" / split
-        Bank.open_or_create(bank_path, bank_layout(pipeline, world.bank))  # before workers race
+        domain = _domain(world)
+        config = replace(world.bank, domain=domain.name)
+        pipeline = domain.root() / "pipeline"
+        bank_path = domain.root() / bank_name
+        logs_dir = domain.build_root() / "bank-logs" / split
+        layout = bank_layout(pipeline, config)
+        Bank.open_or_create(bank_path, layout, extra={DOMAIN_KEY: domain.name})  # before workers
         start = time.perf_counter()
-        _run_workers(pipeline, split, count(world), bank_path, logs_dir, world.bank, world.workers)
+        _run_workers(pipeline, split, count(world), bank_path, logs_dir, config, world.workers)
         trained = time.perf_counter() - start
         bank = Bank(bank_path)
         normaliser = Normaliser.fit(bank.iter_batches(1024), bank.layout_hash)
@@ -115,10 +180,11 @@ def _bank_split(
         n_logged = max(1, sum(len(x["identities"]) for x in logs))
         measured = {
             "identities": len(bank),
+            DOMAIN_KEY: bank.domain,
             "layout_hash": bank.layout_hash,
             "values_per_lora": bank.dim,
             "normaliser_hash": normaliser.hash,
-            "config": world.bank.to_dict(),
+            "config": config.to_dict(),
             "train_seconds_this_run": round(trained, 1),
             "train_seconds_per_lora": round(sum(x["seconds"] for x in logs) / n_logged, 3)
             if logs
@@ -127,9 +193,8 @@ def _bank_split(
             "loss_last_mean": sum(x["loss_last"] for x in logs) / len(logs) if logs else None,
         }
         files = sorted(p for p in bank.path.iterdir() if p.is_file() and not p.name.startswith("."))
-        record_stage(
-            bank_name, files, f"python -m lorasynth world build --stage {bank_name}", measured
-        )
+        how = _how(world, "bank" if split == "train" else "heldout")
+        record_stage(bank_name, files, how, measured, root=domain.root())
         return measured
 
     return run
@@ -181,27 +246,32 @@ def _run_workers(
 def _stage_conditions(world: WorldConfig, resume: bool, progress: bool) -> dict:
     from lorasynth.world.synthesis_build import build_conditions
 
+    domain = _domain(world)
     files = [
         build_conditions(
-            mini_world_dir() / name, world.synthesis.condition_photos, progress=progress
+            domain.root() / name,
+            world.synthesis.condition_photos,
+            domain.conditioner,
+            progress=progress,
+            domain=domain.name,
         )
         for name in ("bank", "bank-heldout")
     ]
-    measured = {"photos_per_identity": world.synthesis.condition_photos, "embedder": "mini-arcface"}
-    record_stage(
-        "conditions", files, "python -m lorasynth world build --stage conditions", measured
-    )
+    measured = {
+        "photos_per_identity": world.synthesis.condition_photos,
+        "embedder": domain.conditioner,
+    }
+    record_stage("conditions", files, _how(world, "conditions"), measured, root=domain.root())
     return measured
 
 
 def _stage_synthesis(world: WorldConfig, resume: bool, progress: bool) -> dict:
     from lorasynth.world.synthesis_build import build_synthesis_models
 
-    made = build_synthesis_models(world.synthesis, resume=resume, progress=progress)
-    files = sorted(p for p in (mini_world_dir() / "synthesis").rglob("*.safetensors"))
-    record_stage(
-        "synthesis", files, "python -m lorasynth world build --stage synthesis", {"files": made}
-    )
+    root = _domain(world).root()
+    made = build_synthesis_models(world.synthesis, resume, progress, domain=world.domain)
+    files = sorted(p for p in (root / "synthesis").rglob("*.safetensors"))
+    record_stage("synthesis", files, _how(world, "synthesis"), {"files": made}, root=root)
     return made
 
 
@@ -217,41 +287,50 @@ STAGES: dict[str, Callable[[WorldConfig, bool, bool], dict]] = {
 
 
 def build(
-    stage: str | None = None, resume: bool = True, progress: bool = True, world: WorldConfig = WORLD
+    stage: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    world: WorldConfig | None = None,
+    domain: str | None = None,
 ) -> dict:
-    """Run one stage, or all of them in order."""
+    """Run one stage, or all of them in order, for a domain (default faces) or a given world."""
+    if world is None:
+        world = WORLDS[get_domain(domain).name]
+    elif domain is not None and get_domain(domain).name != world.domain:
+        raise LorasynthError(f"--domain {domain} but the world config is for {world.domain!r}")
     if stage is not None and stage not in STAGES:
         raise LorasynthError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     results = {}
     for name in [stage] if stage else list(STAGES):
-        print(f"== world build: stage {name}", file=sys.stderr, flush=True)
+        print(f"== world build ({world.domain}): stage {name}", file=sys.stderr, flush=True)
         results[name] = STAGES[name](world, resume, progress)
     return results
 
 
-def world_info() -> dict:
-    """The `world info --json` summary, read from the manifest."""
+def world_info(domain: str | None = None) -> dict:
+    """The `world info --json` summary of a domain (default faces), read from its manifest."""
     from lorasynth.bank import Bank
 
-    manifest = load_manifest()
+    dom = get_domain(domain)
+    world, root = WORLDS[dom.name], dom.root()
+    manifest = load_manifest(root)
     stages = manifest.get("stages", {})
     info = {
+        DOMAIN_KEY: dom.name,
         "identities_train": 0,
         "identities_heldout": 0,
         "layout_hash": None,
-        "preset": WORLD.bank.lora.preset,
-        "rank": WORLD.bank.lora.rank,
+        "preset": world.bank.lora.preset,
+        "rank": world.bank.lora.rank,
         "embedders": sorted(
-            p.stem
-            for p in (mini_world_dir() / "embedders").glob("*.safetensors")
-            if p.stem.startswith("mini-")
+            p.stem for p in (root / "embedders").glob("*.safetensors") if p.stem.startswith("mini-")
         ),
         "artifact_bytes": manifest.get("total_bytes", 0),
         "measured": {name: entry.get("measured", {}) for name, entry in stages.items()},
     }
     for split, key in (("bank", "identities_train"), ("bank-heldout", "identities_heldout")):
-        if (mini_world_dir() / split / "manifest.json").is_file():
-            bank = Bank(mini_world_dir() / split)
+        if (root / split / "manifest.json").is_file():
+            bank = Bank(root / split)
             info[key] = len(bank)
             info["layout_hash"] = bank.layout_hash
     return info

@@ -18,11 +18,9 @@ from tqdm import tqdm
 from lorasynth.atomic import write_bytes_atomic
 from lorasynth.bank import Bank
 from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
+from lorasynth.domains import check_same_domain, get_domain, load_mini_embedder
 from lorasynth.errors import LorasynthError
-from lorasynth.paths import build_dir, mini_world_dir
 from lorasynth.train import PRIOR_FILE, PriorTrainConfig, VAETrainConfig, train_prior, train_vae
-from lorasynth.world.identities import CONDITION_PHOTOS
-from lorasynth.world.render import render_identity
 
 DEFAULT_PRIOR = "adalora-v"
 
@@ -61,28 +59,40 @@ def seed_of(row_id: str) -> int:
 
 
 def build_conditions(
-    bank_path: Path, photos: int, embedder_name: str = "mini-arcface", progress: bool = True
+    bank_path: Path,
+    photos: int,
+    embedder_name: str | None = None,
+    progress: bool = True,
+    domain: str | None = None,
 ) -> Path:
-    """Embed `photos` condition renders of every bank identity -> BANK/conditions.safetensors."""
-    from lorasynth.faces.mini import embed_images, load_embedder
+    """Embed `photos` condition renders of every bank identity -> BANK/conditions.safetensors.
+
+    The domain is the bank's (an explicit one must agree); the embedder defaults to the
+    domain's conditioner (faces: mini-arcface, products: mini-style)."""
+    from lorasynth.faces.mini import embed_images
 
     bank = Bank(bank_path)
-    embedder = load_embedder(embedder_name)
+    if domain is not None:
+        check_same_domain(f"bank {bank.path}", bank.domain, "the requested domain", domain)
+    dom = get_domain(bank.domain)
+    embedder = load_mini_embedder(dom, embedder_name)
     rows = []
     for row_id in tqdm(bank.ids, desc=f"conditions {bank.path.name}", disable=not progress):
-        shots = render_identity(seed_of(row_id), photos, CONDITION_PHOTOS)
+        shots = dom.render_identity(seed_of(row_id), photos, dom.condition_photos)
         rows.append(embed_images(embedder, np.stack([image for image, _ in shots])))
-    table = ConditionTable(list(bank.ids), torch.stack(rows), embedder.embedder_id)
+    table = ConditionTable(list(bank.ids), torch.stack(rows), embedder.embedder_id, dom.name)
     return table.save(bank.path / CONDITIONS_FILE)
 
 
 def build_synthesis_models(
-    config: SynthesisBuildConfig, resume: bool = True, progress: bool = True
+    config: SynthesisBuildConfig, resume: bool = True, progress: bool = True, domain: str = "faces"
 ) -> dict:
-    """Train the LoRA VAE and every prior variant; returns where each landed."""
-    bank = mini_world_dir() / "bank"
-    out = mini_world_dir() / "synthesis"
-    runs = build_dir() / "mini-world" / "synthesis"
+    """Train the LoRA VAE and every prior variant on the domain's bank; returns where each
+    landed (assets/mini-world[/<domain>]/synthesis/)."""
+    dom = get_domain(domain)
+    bank = dom.root() / "bank"
+    out = dom.root() / "synthesis"
+    runs = dom.build_root() / "synthesis"
     vae_path = train_vae(bank, runs / "vae", config.vae, resume=resume, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     shipped_vae = out / "lora-vae.safetensors"

@@ -1,0 +1,120 @@
+"""`world build --domain products`: every stage's plumbing on tiny configs in a temp mini-world."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lorasynth.bank import Bank
+from lorasynth.bank.conditions import ConditionTable
+from lorasynth.errors import LorasynthError
+from lorasynth.faces.mini import EmbedderConfig
+from lorasynth.lora.safetensors_io import load_tensors
+from lorasynth.models.store import load_prior
+from lorasynth.train import PriorTrainConfig, VAETrainConfig
+from lorasynth.world import build as wb
+from lorasynth.world import train_embedders as te
+from lorasynth.world.bank_build import BankBuildConfig
+from lorasynth.world.lora_trainer import LoraTrainConfig
+from lorasynth.world.pipeline_build import TINY_CONFIG
+from lorasynth.world.synthesis_build import SynthesisBuildConfig
+
+TINY_PRODUCTS = wb.WorldConfig(
+    domain="products",
+    train_identities=3,
+    heldout_identities=2,
+    bank=BankBuildConfig(
+        images_per_identity=2,
+        chunk=4,
+        lora=LoraTrainConfig(
+            preset="w2w",
+            rank=1,
+            steps=2,
+            samples_per_subject=1,
+            subject_prompt="a photo of sks product",
+        ),
+    ),
+    embedder_steps=2,
+    embedder_eval_identities=100,
+    regressor_identities=10,
+    vae_steps=2,
+    unet_steps=1,
+    workers=1,
+    pipeline=TINY_CONFIG,
+    pipeline_eval_samples=4,
+    synthesis=SynthesisBuildConfig(
+        condition_photos=2,
+        vae=VAETrainConfig(latent_dim=4, hidden=16, depth=1, steps=2, batch_size=4),
+        prior=PriorTrainConfig(
+            width=16, depth=1, adalora_rank=2, cond_embed_dim=8, steps=2, batch_size=4
+        ),
+        priors={"adalora-v": {}},
+    ),
+)
+
+
+@pytest.fixture
+def tiny_world(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORASYNTH_ASSETS", str(tmp_path / "assets"))
+    monkeypatch.setenv("LORASYNTH_BUILD", str(tmp_path / "build"))
+    for name, arch in (("mini-style", "resnet"), ("mini-style-eval", "plain")):
+        monkeypatch.setitem(te.STYLE_PRESETS, name, EmbedderConfig(name, arch, (8, 16), (1, 1), 16))
+        monkeypatch.setitem(
+            te.TRAINING,
+            name,
+            te.TrainConfig(steps=2, batch_size=8, num_identities=4, warmup_steps=1),
+        )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp_path
+    torch.set_num_threads(threads)
+
+
+def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
+    results = wb.build(world=TINY_PRODUCTS, resume=False, progress=False)
+    assert list(results) == list(wb.STAGES)
+    root = tiny_world / "assets" / "mini-world" / "products"
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert set(manifest["stages"]) == {
+        "embedders",
+        "pipeline",
+        "bank",
+        "bank-heldout",
+        "conditions",
+        "synthesis",
+    }
+    assert all("--domain products" in s["how_made"] for s in manifest["stages"].values())
+    assert not (tiny_world / "assets" / "mini-world" / "manifest.json").exists()  # faces untouched
+    assert (root / "embedders" / "mini-style.safetensors").is_file()
+    assert (root / "embedders" / "attribute-regressor.safetensors").is_file()
+    assert (
+        tiny_world / "build" / "mini-world" / "products" / "pipeline" / "vae-run.json"
+    ).is_file()
+
+    bank, heldout = Bank(root / "bank"), Bank(root / "bank-heldout")
+    assert (len(bank), len(heldout)) == (3, 2) and bank.domain == heldout.domain == "products"
+    table = ConditionTable.load(root / "bank" / "conditions.safetensors")
+    assert table.domain == "products" and table.embedder_id.startswith("mini-style/")
+    assert manifest["stages"]["conditions"]["measured"]["embedder"] == "mini-style"
+    _, prov, _, _ = load_prior(root / "synthesis" / "prior.safetensors")
+    assert prov.domain == "products" and prov.embedder_id == table.embedder_id
+    vae_meta = load_tensors(root / "synthesis" / "lora-vae.safetensors")[1]
+    assert vae_meta["lorasynth.domain"] == "products"
+
+    info = wb.world_info("products")
+    assert info["domain"] == "products" and info["identities_train"] == 3
+    assert info["embedders"] == ["mini-style", "mini-style-eval"]
+    assert wb.world_info()["identities_train"] == 0  # faces: nothing built here
+
+
+def test_domain_and_world_must_agree():
+    with pytest.raises(
+        LorasynthError, match="--domain faces but the world config is for 'products'"
+    ):
+        wb.build(stage="vae", world=TINY_PRODUCTS, domain="faces")
+    with pytest.raises(LorasynthError, match="unknown domain"):
+        wb.build(stage="vae", domain="cats")
+    assert wb.WORLDS["products"].bank.lora.subject_prompt == "a photo of sks product"
+    assert wb.WORLDS["faces"] is wb.WORLD and wb.WORLD.domain == "faces"
