@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lorasynth.domains import get_domain
 from lorasynth.world.lora_trainer import batched_loras, encode_images, encode_prompts, set_subjects
 
-SUBJECT_PROMPT = "a photo of sks person"
+SUBJECT_PROMPT = "a photo of sks person"  # the faces domain's; see lorasynth.domains
 
 
 def unflatten_batch(vectors: torch.Tensor, layout) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -52,7 +53,8 @@ def optimize_latent(
         .requires_grad_(True)
     )
     photo_latents = encode_images(pipe.vae, images, gen)
-    text = encode_prompts(pipe, [SUBJECT_PROMPT])
+    domain = getattr(synth, "domain", "faces")
+    text = encode_prompts(pipe, [get_domain(domain).subject_prompt])
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     optimizer = torch.optim.Adam([x], lr=lr)
     unet = pipe.unet.requires_grad_(False)

@@ -23,6 +23,7 @@ import torch
 
 from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
 from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
+from lorasynth.domains import DOMAIN_KEY, check_same_domain, embedder_domain, get_domain
 from lorasynth.errors import LorasynthError
 from lorasynth.faces.embedders import MiniFaceEmbedder, as_face_embedder, load_face_embedder
 from lorasynth.faces.photos import Photo, load_photo
@@ -30,7 +31,6 @@ from lorasynth.lora import LoraFile, unflatten, write_lora
 from lorasynth.models.representation import PcaRepresentation, Representation, VaeRepresentation
 from lorasynth.models.sampling import sample
 from lorasynth.models.store import load_prior, load_vae
-from lorasynth.paths import mini_world_dir
 
 METHODS = ("diffusion", "nearest", "lincomb", "optimize", "trained")
 
@@ -74,6 +74,7 @@ class Prior:
             layout_hash=bank.layout_hash,
             normaliser_hash=normaliser.hash,
             embedder_id=embedder_id,
+            domain=bank.domain,
         )
         kind = provenance.representation.split(":")[0]
         if kind == "vae":
@@ -126,6 +127,11 @@ class Synthesizer:
         self.layout = bank.layout
         self.normaliser = Normaliser.load(bank.path / NORMALISER_FILE, bank.layout_hash)
         self.embedder = embedder  # a MiniEmbedder or any lorasynth.faces FaceEmbedder
+        self.domain = bank.domain  # lorasynth.domains: whose subjects the bank's LoRAs are
+        made_for = embedder_domain(embedder.embedder_id)
+        if made_for is not None:
+            what = f"embedder {embedder.embedder_id}"
+            check_same_domain(f"bank {bank.path}", bank.domain, what, made_for)
         self.faces = as_face_embedder(embedder)
         table = ConditionTable.load(bank.path / CONDITIONS_FILE, embedder.embedder_id)
         self.bank_embeddings = table.mean_embeddings()[table.index_for(bank.ids)]
@@ -143,9 +149,10 @@ class Synthesizer:
         bank: str | os.PathLike[str] | None = None,
         prior: str | os.PathLike[str] | None = None,
         vae: str | os.PathLike[str] | None = None,
-        embedder: str = "mini-arcface",
+        embedder: str | None = None,
         base: str | os.PathLike[str] = "mini",
         model_dir: str | os.PathLike[str] | None = None,
+        domain: str | None = None,
     ) -> Synthesizer:
         """Defaults: the shipped mini-world (bank, default prior and VAE, mini-arcface).
 
@@ -153,10 +160,14 @@ class Synthesizer:
         LoRAs are for: checked against the bank's layout now, loaded by optimize/trained.
         `embedder` / `model_dir`: see lorasynth.faces.load_face_embedder; the bank's conditions
         and the prior must come from the same embedder (checked by id).
+        `domain` (default: the bank's, else faces) picks the shipped files of that domain
+        (faces: mini-arcface) and must match the bank and the prior.
         """
-        root = mini_world_dir() / "synthesis"
-        bank_store = Bank(bank or mini_world_dir() / "bank")
-        face_embedder = load_face_embedder(embedder, model_dir)
+        dom = get_domain(domain if domain or bank is None else Bank(bank).domain)
+        root = dom.root() / "synthesis"
+        bank_store = Bank(bank or dom.root() / "bank")
+        check_same_domain(f"bank {bank_store.path}", bank_store.domain, "the request", dom.name)
+        face_embedder = _load_embedder(dom, embedder or dom.conditioner, model_dir)
         if isinstance(face_embedder, MiniFaceEmbedder):
             face_embedder = face_embedder.model  # what evaluate and the optimizer expect
         synth = cls(bank_store, face_embedder)
@@ -164,7 +175,8 @@ class Synthesizer:
             from lorasynth.generate import check_fits_base
 
             check_fits_base(bank_store.layout, base)
-        synth.base = base
+        # The mini base of a domain is its own pipeline (assets/mini-world[/<domain>]/pipeline).
+        synth.base = dom.root() / "pipeline" if str(base) == "mini" and dom.asset_subdir else base
         prior_path = Path(prior) if prior else root / "prior.safetensors"
         if prior_path.is_file():
             vae_path = Path(vae) if vae else root / "lora-vae.safetensors"
@@ -245,7 +257,7 @@ class Synthesizer:
             pipe,
             self.layout,
             images,
-            [["a photo of sks person"] * len(photos)],
+            [[get_domain(self.domain).subject_prompt] * len(photos)],
             config,
             progress=False,
         )
@@ -303,6 +315,7 @@ class Synthesizer:
             "lorasynth.seed": str(seed),
             "lorasynth.embedder_id": self.embedder.embedder_id or "",
             "lorasynth.normaliser_hash": self.normaliser.hash,
+            f"lorasynth.{DOMAIN_KEY}": self.domain,
         }
         if method == "diffusion" and self.prior is not None:
             meta.update(
@@ -313,6 +326,20 @@ class Synthesizer:
                 }
             )
         return meta
+
+
+def _load_embedder(dom, name: str, model_dir: str | os.PathLike[str] | None):
+    """An embedder by backend name or path; a domain's bare mini names come from its folder,
+    `clip-vision` from the CLIP vision model folder `model_dir`."""
+    if name == "clip-vision":
+        from lorasynth.conditions.clip_vision import ClipVisionEncoder
+
+        if model_dir is None:
+            raise LorasynthError("--embedder clip-vision needs --model-dir: a CLIP vision folder")
+        return ClipVisionEncoder(model_dir)
+    if dom.asset_subdir and name in dom.embedders:
+        name = str(dom.embedder_path(name))
+    return load_face_embedder(name, model_dir)
 
 
 def _photo_array(photo: Photo, size: int) -> np.ndarray:

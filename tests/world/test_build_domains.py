@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -102,6 +103,52 @@ def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
     assert prov.domain == "products" and prov.embedder_id == table.embedder_id
     vae_meta = load_tensors(root / "synthesis" / "lora-vae.safetensors")[1]
     assert vae_meta["lorasynth.domain"] == "products"
+
+    # Synthesis in the products domain: its bank, prior, conditioner and prompt by default.
+    from lorasynth.lora import read_lora
+    from lorasynth.synthesis import Synthesizer
+    from lorasynth.world.render_products import render_product_identity
+
+    synth = Synthesizer.load(domain="products")
+    assert synth.domain == "products" and synth.prior is not None
+    photo = render_product_identity(100_000, 1, 2)[0][0]
+    for method in ("diffusion", "nearest"):
+        out = tiny_world / f"{method}.safetensors"
+        synth.synthesize([photo], method, out=out)
+        assert read_lora(out).metadata["lorasynth.domain"] == "products"
+    assert Synthesizer.load(bank=root / "bank").domain == "products"  # the bank's domain
+    with pytest.raises(
+        LorasynthError, match="is domain 'products' but the request is domain 'faces'"
+    ):
+        Synthesizer.load(bank=root / "bank", domain="faces")
+    # A faces embedder on a products bank, a products prior beside a faces bank: refused.
+    from lorasynth.faces.mini import MiniEmbedder, save_embedder
+    from lorasynth.synthesis import Prior
+
+    faces_embedder = tiny_world / "mini-arcface.safetensors"
+    save_embedder(
+        MiniEmbedder(EmbedderConfig("mini-arcface", "resnet", (8, 16), (1, 1), 16)), faces_embedder
+    )
+    with pytest.raises(
+        LorasynthError, match=r"domain 'products' but embedder mini-arcface/\w+ is domain 'faces'"
+    ):
+        Synthesizer.load(domain="products", embedder=str(faces_embedder))
+    relabelled = tiny_world / "bank-relabelled"
+    shutil.copytree(root / "bank", relabelled)
+    manifest_path = relabelled / "manifest.json"
+    bank_manifest = json.loads(manifest_path.read_text())
+    bank_manifest["extra"]["domain"] = "faces"
+    manifest_path.write_text(json.dumps(bank_manifest))
+    with pytest.raises(
+        LorasynthError, match="trained with domain 'products' but used with 'faces'"
+    ):
+        Prior.load(
+            root / "synthesis" / "prior.safetensors",
+            Bank(relabelled),
+            synth.normaliser,
+            table.embedder_id,
+            root / "synthesis" / "lora-vae.safetensors",
+        )
 
     info = wb.world_info("products")
     assert info["domain"] == "products" and info["identities_train"] == 3
