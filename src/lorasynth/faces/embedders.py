@@ -115,12 +115,6 @@ class FaceEmbedder(Protocol):
         """(H, W, 3) uint8 RGB -> its faces, largest first."""
         ...
 
-    def analyse(
-        self, photos: Sequence[Photo], face_index: int | None = None
-    ) -> list[FaceEmbedding]:
-        """Per photo: the embedding, every face found, the one used, and warnings to show."""
-        ...
-
     def embed(self, photos: Sequence[Photo], face_index: int | None = None) -> np.ndarray:
         """(N, dim) float32 unit rows, one per photo, in order."""
         ...
@@ -139,7 +133,10 @@ class QualityLimits:
 
 
 class DetectingEmbedder(ABC):
-    """Shared photo -> face -> crop -> embedding logic; backends give detect/align/embed_crops."""
+    """Shared photo -> face -> crop -> embedding logic; backends give detect/align/embed_crops.
+
+    Beyond the protocol, `analyse` reports per photo what was found (the embed CLI prints it).
+    """
 
     name: str
     dim: int
@@ -312,7 +309,7 @@ def as_face_embedder(embedder) -> FaceEmbedder:
 
 def load_face_embedder(
     name: str | os.PathLike[str] = "mini-arcface", model_dir: str | os.PathLike[str] | None = None
-) -> FaceEmbedder:
+) -> DetectingEmbedder:
     """A backend by name (see BACKENDS), or a mini embedder .safetensors path.
 
     model_dir: `dlib` — a folder with shape_predictor_5_face_landmarks.dat and
