@@ -107,3 +107,75 @@ def test_unknown_embedder_file_is_a_lorasynth_error(app, tmp_path):
     photo = write_photos(tmp_path, [9_000_000])[0]
     result = CliRunner().invoke(app, ["embed", str(photo), "--embedder", str(photo)])
     assert isinstance(result.exception, LorasynthError)
+
+
+# ---- real photos: dlib and arcface-onnx ------------------------------------------------------
+def real_photo_paths(folder):
+    from tests.faces.conftest import astronaut, grace_hopper
+
+    paths = {"astronaut": folder / "astronaut.png", "hopper": folder / "hopper.jpg"}
+    Image.fromarray(astronaut()).save(paths["astronaut"])
+    Image.fromarray(grace_hopper()).save(paths["hopper"], quality=95)
+    group = np.concatenate([grace_hopper()[:512], astronaut()], axis=1)
+    paths["group"] = folder / "group.png"
+    Image.fromarray(group).save(paths["group"])
+    return paths
+
+
+@pytest.fixture
+def dlib_ready():
+    pytest.importorskip("dlib", reason="dlib-bin is not installed (make test installs it)")
+
+
+def test_dlib_json_reports_faces_and_warnings(app, tmp_path, dlib_ready):
+    paths = real_photo_paths(tmp_path)
+    args = ["embed", str(paths["astronaut"]), str(paths["group"]), "--embedder", "dlib", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["faces_found"] for r in rows] == [1, 2]
+    assert all(r["embedder_id"].startswith("dlib/") for r in rows)
+    assert len(rows[0]["embedding"]) == 128 and rows[1]["face_index"] == 0
+    assert rows[0]["face"]["landmark_scheme"] == "dlib5" and len(rows[0]["face"]["landmarks"]) == 5
+    assert rows[1]["warnings"] and rows[0]["warnings"] == []
+    warning_lines = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warning_lines) == 1 and "2 faces found" in warning_lines[0]
+
+
+def test_dlib_face_index_and_mean(app, tmp_path, dlib_ready):
+    paths = real_photo_paths(tmp_path)
+
+    def run(*extra):
+        result = CliRunner().invoke(app, ["embed", *extra, "--embedder", "dlib", "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    [second] = run(str(paths["group"]), "--face-index", "1")
+    [alone] = run(str(paths["astronaut"]))
+    assert np.dot(second["embedding"], alone["embedding"]) > 0.95
+    mean = run(str(paths["astronaut"]), str(paths["hopper"]), "--mean")
+    assert mean["paths"] == [str(paths["astronaut"]), str(paths["hopper"])]
+    assert abs(np.linalg.norm(mean["embedding"]) - 1) < 1e-5
+    result = CliRunner().invoke(
+        app, ["embed", str(paths["astronaut"]), "--embedder", "dlib", "--face-index", "1"]
+    )
+    assert isinstance(result.exception, LorasynthError)
+    assert "--face-index 1 but 1 face(s) found" in str(result.exception)
+
+
+def test_arcface_onnx_needs_and_uses_model_dir(app, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from tests.faces.onnx_models import export_insightface_folder, face_photo
+
+    photo = tmp_path / "face.png"
+    Image.fromarray(face_photo(1, 1280, 960, 384, 192, 128)[0]).save(photo)
+    result = CliRunner().invoke(app, ["embed", str(photo), "--embedder", "arcface-onnx"])
+    assert isinstance(result.exception, LorasynthError) and "--model-dir" in str(result.exception)
+    folder = export_insightface_folder(tmp_path / "buffalo")
+    args = ["embed", str(photo), "--embedder", "arcface-onnx", "--model-dir", str(folder), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert len(row["embedding"]) == 512 and row["embedder_id"].startswith("arcface-onnx/")
+    assert row["face"]["box"] == [384.0, 192.0, 512.0, 320.0]
