@@ -9,9 +9,9 @@ domains existed have none and are read as "faces".
 Asset folders: faces keep `assets/mini-world/` exactly as shipped (nothing moves, old paths and
 manifests stay valid); every other domain gets a subfolder, `assets/mini-world/<name>/`, with
 the same layout inside (embedders/, pipeline/, bank/, bank-heldout/, synthesis/ and its own
-manifest.json). One mini-world, one size budget, one `world verify` that walks all domains,
-and no faces file can collide with another domain's. Build scratch follows the same rule under
-`build/mini-world/`.
+manifest.json, checked by `world verify` along with the faces manifest). Faces assets and
+tests need no change, and no faces file can collide with another domain's. Build scratch
+follows the same rule under `build/mini-world/`.
 """
 
 from __future__ import annotations

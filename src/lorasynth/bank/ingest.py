@@ -59,14 +59,23 @@ def ingest(
     chunk: int = 256,
     normalise: bool = True,
     progress: bool = True,
+    domain: str | None = None,
 ) -> IngestReport:
-    """Canonicalize every LoRA file under `folder` into the bank at `bank_path`."""
+    """Canonicalize every LoRA file under `folder` into the bank at `bank_path`.
+
+    `domain` (lorasynth.domains; default: an existing bank's, else faces) is recorded in a new
+    bank; a file whose `lorasynth.domain` metadata names another domain is a failed file."""
+    from lorasynth.domains import check_same_domain, get_domain
+
     folder = Path(folder)
     files = find_lora_files(folder)
     report = IngestReport()
     bank = Bank(bank_path) if (Path(bank_path) / "manifest.json").exists() else None
     if bank is not None:
         layout = _check_layout(bank, layout)
+        if domain is not None:
+            check_same_domain(f"bank {bank.path}", bank.domain, "--domain", domain)
+    domain = get_domain(domain or (bank.domain if bank is not None else None)).name
     pending = []
     for f in files:
         if bank is not None and file_id(folder, f) in bank:
@@ -76,7 +85,7 @@ def ingest(
     if layout is None:
         layout, pending = _layout_from_first_good(pending, report)
     if layout is not None and bank is None:
-        bank = Bank.create(bank_path, layout)
+        bank = Bank.create(bank_path, layout, extra={"domain": domain})
     if bank is None or layout is None:
         if not files:
             raise LorasynthError(f"{folder}: no LoRA files (*.safetensors) found")
@@ -85,7 +94,7 @@ def ingest(
     batches = [pending[i : i + chunk] for i in range(0, len(pending), chunk)]
     bar = tqdm(total=len(pending), unit="lora", desc="ingest", disable=not progress)
     with _executor(workers) as pool:
-        jobs = _run(pool, [(folder, part, layout) for part in batches])
+        jobs = _run(pool, [(folder, part, layout, domain) for part in batches])
         for ids, vectors, failures in jobs:
             bank.append(ids, vectors)
             report.ingested += len(ids)
@@ -122,13 +131,19 @@ def _layout_from_first_good(
 
 
 def _canonicalize_part(
-    folder: Path, files: list[Path], layout: LoraLayout
+    folder: Path, files: list[Path], layout: LoraLayout, domain: str = "faces"
 ) -> tuple[list[str], torch.Tensor, list[dict[str, str]]]:
     """Worker: read and canonicalize one chunk; bad files become failure records."""
+    from lorasynth.domains import check_same_domain
+
     good, ids, failures = [], [], []
     for f in files:
         try:
-            good.append(read_lora(f, layout=layout))
+            lora = read_lora(f, layout=layout)
+            stored = lora.metadata.get("lorasynth.domain")
+            if stored:  # files from elsewhere carry no domain: accepted as the bank's
+                check_same_domain(f"{f}", stored, "the bank", domain)
+            good.append(lora)
             ids.append(file_id(folder, f))
         except LorasynthError as exc:
             failures.append({"file": str(f), "error": str(exc)})

@@ -36,11 +36,21 @@ def ingest(
     normalise: Annotated[bool, typer.Option(help="Refit BANK/normaliser.safetensors.")] = True,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any file was bad.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    domain: Annotated[
+        str | None,
+        typer.Option(help="Subject domain of the LoRAs: faces or products (new bank: faces)."),
+    ] = None,
 ) -> None:
     """Canonicalize every LoRA file under FOLDER into BANK (resumable; bad files are reported)."""
     layout = _preset_layout(preset, rank, base)
     report = run_ingest(
-        folder, bank, layout=layout, workers=workers, chunk=chunk, normalise=normalise
+        folder,
+        bank,
+        layout=layout,
+        workers=workers,
+        chunk=chunk,
+        normalise=normalise,
+        domain=domain,
     )
     for failure in report.failed:
         print(f"warning: skipped {failure['error']}", file=sys.stderr)

@@ -40,12 +40,13 @@ def synthesize(
     prior: Annotated[Path | None, typer.Option(help="Prior file (default: shipped).")] = None,
     vae: Annotated[Path | None, typer.Option(help="LoRA VAE file (default: shipped).")] = None,
     embedder: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Conditioning embedder (mini-arcface, mini-eval, dlib, arcface-onnx); it must "
-            "be the one the bank and prior were built with."
+            help="Conditioning embedder (mini-arcface, mini-eval, mini-style, dlib, arcface-onnx, "
+            "clip-vision; default: the domain's); it must be the one the bank and prior were "
+            "built with."
         ),
-    ] = "mini-arcface",
+    ] = None,
     model_dir: Annotated[
         Path | None, typer.Option(help="Embedder model folder (see `lorasynth embed --help`).")
     ] = None,
@@ -53,6 +54,10 @@ def synthesize(
         int | None, typer.Option(min=0, help="Which face of each photo, largest first.")
     ] = None,
     base: Annotated[str, typer.Option(help=BASE_HELP)] = "mini",
+    domain: Annotated[
+        str | None,
+        typer.Option(help="Subject domain: faces or products (default: the bank's, else faces)."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print method, seed, time_ms, layout_hash.")
     ] = False,
@@ -64,7 +69,13 @@ def synthesize(
     from lorasynth.synthesis import Synthesizer
 
     synth = Synthesizer.load(
-        bank=bank, prior=prior, vae=vae, embedder=embedder, base=base, model_dir=model_dir
+        bank=bank,
+        prior=prior,
+        vae=vae,
+        embedder=embedder,
+        base=base,
+        model_dir=model_dir,
+        domain=domain,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FaceWarning)

@@ -29,6 +29,21 @@ BaseOpt = Annotated[
 ]
 
 
+DomainOpt = Annotated[
+    str | None,
+    typer.Option(help="Expected subject domain (faces, products): the bank must hold it."),
+]
+
+
+def _check_domain(bank: Path, domain: str | None) -> None:
+    """Refuse, before training, a bank of another domain than the one asked for."""
+    if domain is not None:
+        from lorasynth.bank import Bank
+        from lorasynth.domains import check_same_domain, get_domain
+
+        check_same_domain(f"bank {bank}", Bank(bank).domain, "--domain", get_domain(domain).name)
+
+
 def _check_base(bank: Path, base: str | None) -> None:
     """Fail in seconds, not after a long run, when the bank's LoRAs do not fit the base."""
     if base is not None:
@@ -62,11 +77,13 @@ def vae(
     resume: Resume = True,
     stop_at: StopAt = None,
     base: BaseOpt = None,
+    domain: DomainOpt = None,
 ) -> None:
     """Fit the LoRA VAE on BANK's normalised vectors -> OUT/lora-vae.safetensors."""
     from lorasynth.train import train_vae
 
     _check_base(bank, base)
+    _check_domain(bank, domain)
 
     result = train_vae(
         bank, out, _config(VAETrainConfig, overrides), resume=resume, stop_at=stop_at
@@ -90,12 +107,14 @@ def prior(
     resume: Resume = True,
     stop_at: StopAt = None,
     base: BaseOpt = None,
+    domain: DomainOpt = None,
 ) -> None:
     """Fit the conditional diffusion prior -> OUT/prior.safetensors (EMA weights)."""
     from lorasynth.bank.conditions import CONDITIONS_FILE
     from lorasynth.train import train_prior
 
     _check_base(bank, base)
+    _check_domain(bank, domain)
 
     config = _config(PriorTrainConfig, overrides)
     result = train_prior(

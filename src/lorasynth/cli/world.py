@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 
 MAX_IMAGES = 100_000
+DomainOpt = Annotated[str, typer.Option(help="Subject domain: faces or products.")]
 
 
 @app.callback()
@@ -33,16 +34,21 @@ def render(
     size: Annotated[int, typer.Option(help="Image side in pixels (16 to 1024).")] = 32,
     nuisance_seed: Annotated[int, typer.Option(help="Seed of the nuisance sequence.")] = 0,
     subject: Annotated[
-        str, typer.Option(help="Subject phrase that starts every caption.")
-    ] = "a photo of a person",
+        str | None,
+        typer.Option(help="Subject phrase that starts every caption (default: the domain's)."),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
+    domain: DomainOpt = "faces",
 ) -> None:
     """Render N photos of one identity: OUT/0000.png ... and OUT/identity.json."""
     from PIL import Image
     from tqdm import tqdm
 
-    from lorasynth.world.attributes import caption, identity_attributes
-    from lorasynth.world.render import MAX_SIZE, MIN_SIZE, iter_identity
+    from lorasynth.domains import get_domain
+    from lorasynth.world.render import MAX_SIZE, MIN_SIZE
+
+    dom = get_domain(domain)
+    subject = subject or dom.generic_prompt
 
     if not 1 <= n <= MAX_IMAGES:
         raise LorasynthError(f"--n must be between 1 and {MAX_IMAGES}, got {n}")
@@ -56,7 +62,7 @@ def render(
 
     width = max(4, len(str(n - 1)))
     images = []
-    shots = iter_identity(identity, n, nuisance_seed, size)
+    shots = dom.iter_identity(identity, n, nuisance_seed, size)
     progress = tqdm(shots, total=n, desc="render", unit="img", disable=n < 1000)
     for i, (image, nuisance) in enumerate(progress):
         name = f"{i:0{width}d}.png"
@@ -65,14 +71,15 @@ def render(
             {
                 "file": name,
                 "nuisance": nuisance.to_dict(),
-                "caption": caption(nuisance, subject=subject),
+                "caption": dom.caption(nuisance, subject=subject),
             }
         )
     record = {
+        **({} if dom.name == "faces" else {"domain": dom.name}),
         "identity": identity,
         "nuisance_seed": nuisance_seed,
         "size": size,
-        "attributes": identity_attributes(identity).to_dict(),
+        "attributes": dom.identity_attributes(identity).to_dict(),
         "images": images,
     }
     # Written last and atomically: a folder with identity.json is a complete one.
@@ -89,22 +96,26 @@ def build(
         ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from checkpoints in build/.")] = True,
+    domain: DomainOpt = "faces",
 ) -> None:
     """Train the mini-world's shipped models (hours on 2 cores; resumable stage by stage)."""
     from lorasynth.world.build import build as run_build
 
-    results = run_build(stage, resume=resume)
+    results = run_build(stage, resume=resume, domain=domain)
     typer.echo(f"built stages: {', '.join(results)}", err=True)
 
 
 @app.command()
-def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def info(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    domain: DomainOpt = "faces",
+) -> None:
     """What the shipped mini-world holds: identities, layout, embedders, sizes, measured numbers."""
     import json
 
     from lorasynth.world.build import world_info
 
-    summary = world_info()
+    summary = world_info(domain)
     if as_json:
         print(json.dumps(summary))
         return
@@ -114,11 +125,17 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
 
 
 @app.command()
-def verify() -> None:
+def verify(
+    domain: Annotated[
+        str | None, typer.Option(help="Check one domain only (default: every domain).")
+    ] = None,
+) -> None:
     """Check every shipped mini-world file against the manifest's sha256 and the size budget."""
+    from lorasynth.domains import DOMAINS, get_domain
     from lorasynth.world.assets import verify_assets
 
-    problems = verify_assets()
+    domains = [get_domain(domain)] if domain else list(DOMAINS.values())
+    problems = [p for d in domains for p in verify_assets(d.root())]
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
