@@ -38,7 +38,9 @@ class WorldConfig:
         default_factory=lambda: BankBuildConfig(
             images_per_identity=8,
             chunk=32,
-            lora=LoraTrainConfig(preset="w2w", rank=1, steps=200, lr=3e-3, samples_per_subject=2),
+            # Measured on 16 identities (build/lora-probe): 200 steps at lr 1e-2 reach ID sim
+            # 0.34, 600 steps 0.37, 100 steps 0.24; lr 3e-2 is worse (0.22). 150 is the knee.
+            lora=LoraTrainConfig(preset="w2w", rank=1, steps=150, lr=1e-2, samples_per_subject=1),
         )
     )
     embedder_steps: int | None = None  # None: each embedder's own preset (train_embedders.TRAINING)
@@ -169,7 +171,15 @@ def _bank_split(
         bank_path = domain.root() / bank_name
         logs_dir = domain.build_root() / "bank-logs" / split
         layout = bank_layout(pipeline, config)
-        Bank.open_or_create(bank_path, layout, extra={DOMAIN_KEY: domain.name})  # before workers
+        base = base_unet_id(pipeline)
+        extra = {DOMAIN_KEY: domain.name, "base_unet": base}
+        bank = Bank.open_or_create(bank_path, layout, extra=extra)  # before workers race
+        if bank.extra.get("base_unet", base) != base:
+            # LoRAs only mean something on the UNet they were trained on.
+            raise LorasynthError(
+                f"{bank_path} was trained on base UNet {bank.extra['base_unet']}, the shipped "
+                f"pipeline's UNet is {base}; delete the bank to rebuild it on this pipeline"
+            )
         start = time.perf_counter()
         _run_workers(pipeline, split, count(world), bank_path, logs_dir, config, world.workers)
         trained = time.perf_counter() - start
@@ -198,6 +208,13 @@ def _bank_split(
         return measured
 
     return run
+
+
+def base_unet_id(pipeline: Path) -> str:
+    """Which UNet weights a bank's LoRAs were trained on (sha256 prefix of the weights file)."""
+    from lorasynth.atomic import sha256_file
+
+    return sha256_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors")[:16]
 
 
 def _run_workers(

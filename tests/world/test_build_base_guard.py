@@ -1,0 +1,35 @@
+"""The bank stage refuses to add LoRAs trained on a different base UNet than the bank's."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from lorasynth.bank import Bank
+from lorasynth.errors import LorasynthError
+from lorasynth.lora import LoraLayout
+from lorasynth.world import bank_build
+from lorasynth.world import build as wb
+
+LAYOUT = LoraLayout.from_shapes({"down_blocks.0.attentions.0.proj_in": (4, 4, 1)})
+
+
+def test_bank_of_another_base_unet_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORASYNTH_ASSETS", str(tmp_path / "assets"))
+    monkeypatch.setenv("LORASYNTH_BUILD", str(tmp_path / "build"))
+    monkeypatch.setattr(bank_build, "bank_layout", lambda pipeline, config: LAYOUT)
+    monkeypatch.setattr(wb, "base_unet_id", lambda pipeline: "new0000000000000")
+    monkeypatch.setattr(wb, "_run_workers", lambda *a, **k: pytest.fail("trained anyway"))
+    bank_path = tmp_path / "assets" / "mini-world" / "bank"
+    Bank.create(bank_path, LAYOUT, {"domain": "faces", "base_unet": "old0000000000000"})
+
+    with pytest.raises(LorasynthError, match=r"old0000000000000.*new0000000000000"):
+        wb.STAGES["bank"](wb.WORLD, True, False)
+
+
+def test_base_unet_id_is_the_weights_file_hash_prefix(tmp_path):
+    unet = tmp_path / "unet"
+    unet.mkdir()
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    assert wb.base_unet_id(tmp_path) == (hashlib.sha256(b"weights").hexdigest()[:16])
