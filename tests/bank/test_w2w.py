@@ -169,3 +169,19 @@ def test_import_w2w_refuses_bad_sources(tmp_path):
     save_file({"w": torch.full((1, 99_648), float("nan"))}, str(nan))
     with pytest.raises(LorasynthError, match="row 0 holds NaN"):
         import_w2w(nan, tmp_path / "b5", progress=False)
+
+
+def test_import_w2w_ids_from_identity_folders(tmp_path):
+    rows = loras_to_w2w_rows([random_lora(SD15, seed=i) for i in range(3)], SD15)
+    src = tmp_path / "all_weights.safetensors"
+    save_file({"w": rows}, str(src))
+    for name in ("2", "10", "1"):
+        (tmp_path / "ids" / name).mkdir(parents=True)
+    from lorasynth.bank.w2w import ids_from_folders
+
+    names = ids_from_folders(tmp_path / "ids")
+    assert names == ["1", "10", "2"]  # string order, as weights2weights concatenated them
+    import_w2w(src, tmp_path / "bank", names=names, progress=False)
+    assert Bank(tmp_path / "bank").ids == ["1", "10", "2"]
+    with pytest.raises(LorasynthError, match="3 rows but 2 names"):
+        import_w2w(src, tmp_path / "bank2", names=names[:2], progress=False)

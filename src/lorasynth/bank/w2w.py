@@ -210,6 +210,18 @@ def row_id(index: int) -> str:
     return f"w2w-{index:05d}"
 
 
+def ids_from_folders(folder: str | os.PathLike[str]) -> list[str]:
+    """Row ids = the identity-image folder names, sorted as strings: weights2weights
+    concatenated its models "in alphanumeric order of the folder names they were trained on"."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LorasynthError(f"{folder}: not a directory of identity folders")
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not names:
+        raise LorasynthError(f"{folder}: no identity folders inside")
+    return names
+
+
 def import_w2w(
     src: str | os.PathLike[str],
     bank_path: str | os.PathLike[str],
@@ -219,11 +231,13 @@ def import_w2w(
     limit: int | None = None,
     normalise: bool = True,
     progress: bool = True,
+    names: list[str] | None = None,
 ) -> W2wImportReport:
     """Canonicalize weights2weights rows into the bank (resumable: ids already stored are skipped).
 
     `layout` defaults to SD1.5 `w2w` rank 1 (99,648 values); give the base model's own layout
     for SD1.5-family fine-tunes (weights2weights used Realistic Vision 5.1, same architecture).
+    `names`: one id per row (see ids_from_folders); default w2w-00000, w2w-00001, ...
     """
     layout = layout or LoraLayout.sd15("w2w", W2W_RANK)
     w2w_segments(layout)  # checks the rank
@@ -234,11 +248,16 @@ def import_w2w(
             f"{layout.size:,} (weights2weights SD1.5 rows have 99,648)"
         )
     bank = Bank.open_or_create(bank_path, layout, extra={"source": W2W_SOURCE, "w2w_alpha": alpha})
+    if names is not None and len(names) != len(source):
+        raise LorasynthError(
+            f"{source.path} has {len(source):,} rows but {len(names):,} names were given; "
+            "they must pair up one to one"
+        )
     total = len(source) if limit is None else min(limit, len(source))
     report = W2wImportReport()
     bar = tqdm(total=total, unit="lora", desc="import-w2w", disable=not progress)
     for start, stop in _chunks(total, chunk):
-        ids = [row_id(i) for i in range(start, stop)]
+        ids = names[start:stop] if names is not None else [row_id(i) for i in range(start, stop)]
         todo = [k for k, i in enumerate(ids) if i not in bank]
         report.skipped += len(ids) - len(todo)
         if todo:

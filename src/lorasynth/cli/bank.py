@@ -78,6 +78,10 @@ def import_w2w(
     ] = 27.0,
     chunk: Annotated[int, typer.Option(min=1, help="Rows per atomic append.")] = 1024,
     limit: Annotated[int | None, typer.Option(min=1, help="Import only the first N rows.")] = None,
+    names: Annotated[
+        Path | None,
+        typer.Option(help="Identity-image folder: row ids = its subfolder names, sorted."),
+    ] = None,
     normalise: Annotated[bool, typer.Option(help="Refit BANK/normaliser.safetensors.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -85,12 +89,19 @@ def import_w2w(
 
     A .pt file is a pickle: it is read only here, with torch.load(weights_only=True).
     """
-    from lorasynth.bank.w2w import W2W_RANK
+    from lorasynth.bank.w2w import W2W_RANK, ids_from_folders
     from lorasynth.bank.w2w import import_w2w as run_import
 
     layout = _preset_layout("w2w", W2W_RANK, base) if base else None
     report = run_import(
-        src, bank, layout=layout, alpha=alpha, chunk=chunk, limit=limit, normalise=normalise
+        src,
+        bank,
+        layout=layout,
+        alpha=alpha,
+        chunk=chunk,
+        limit=limit,
+        normalise=normalise,
+        names=ids_from_folders(names) if names else None,
     )
     if as_json:
         print(json.dumps(report.to_dict()))
@@ -99,6 +110,27 @@ def import_w2w(
         f"rows (layout {report.layout_hash})",
         file=sys.stderr,
     )
+
+
+@app.command()
+def conditions(
+    bank: Path,
+    photos: Annotated[Path, typer.Argument(help="Folder with one subfolder of photos per row id.")],
+    embedder: Annotated[
+        str, typer.Option(help="Face embedder (dlib, arcface-onnx, mini-*).")
+    ] = "dlib",
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model folder for dlib / arcface-onnx.")
+    ] = None,
+    per_row: Annotated[int, typer.Option(min=1, help="Photos embedded per row (K).")] = 4,
+) -> None:
+    """Embed PHOTOS/<row id>/ for every bank row -> BANK/conditions.safetensors (for the prior)."""
+    from lorasynth.bank.photo_conditions import build_photo_conditions
+    from lorasynth.faces.embedders import load_face_embedder
+
+    face_embedder = load_face_embedder(embedder, model_dir)
+    out = build_photo_conditions(bank, photos, face_embedder, per_row)
+    typer.echo(f"wrote {out} ({face_embedder.embedder_id})", err=True)
 
 
 def _preset_layout(preset: str | None, rank: int, base: str | None) -> LoraLayout | None:
