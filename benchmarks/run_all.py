@@ -7,7 +7,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_base_memory, bench_canonical, bench_ingest, bench_synthesis
+from benchmarks import (
+    bench_base_memory,
+    bench_canonical,
+    bench_embedders,
+    bench_ingest,
+    bench_synthesis,
+)
 
 if __name__ == "__main__":
     print("== canonicalization")
@@ -18,3 +24,5 @@ if __name__ == "__main__":
     bench_synthesis.main()
     print("\n== base model memory")
     bench_base_memory.main()
+    print("\n== face embedders")
+    bench_embedders.main()

@@ -84,7 +84,9 @@ class DlibEmbedder(DetectingEmbedder):
         small = image
         if scale < 1.0:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+            small = np.asarray(
+                Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            )
         rects, scores, _ = self._detector.run(np.ascontiguousarray(small), self.upsample, 0.0)
         faces = []
         for rect, score in zip(rects, scores, strict=True):
