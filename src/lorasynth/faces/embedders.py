@@ -159,7 +159,7 @@ class DetectingEmbedder(ABC):
         self, photos: Sequence[Photo], face_index: int | None = None
     ) -> list[FaceEmbedding]:
         """Embed each photo's chosen face; every photo is read and checked before embedding."""
-        if not photos:
+        if len(photos) == 0:  # not `not photos`: an (N, H, W, 3) array is a valid batch
             raise LorasynthError("give at least one photo")
         chosen = []
         for photo in photos:
