@@ -79,7 +79,10 @@ class _Run:
     def __init__(self, out_dir: Path, config, kind: str) -> None:
         from accelerate import Accelerator
 
-        self.accelerator = Accelerator(cpu=True)
+        # The GPU when there is one (`accelerate launch --cpu` or no GPU: the CPU). Random draws
+        # stay on the CPU generator and are moved, so runs are equal on any device count.
+        self.accelerator = Accelerator()
+        self.device = self.accelerator.device
         self.out = Path(out_dir)
         self.config = config
         self.kind = kind
@@ -190,8 +193,8 @@ def train_vae(
         gen = run.step_generator(step)
         rows = torch.randint(len(bank), (config.batch_size,), generator=gen)
         eps = torch.randn(config.batch_size, config.latent_dim, generator=gen)
-        z = norm.encode(bank.gather(run.local(rows).tolist()))
-        loss, parts = vae_loss(ddp_model(z, run.local(eps)), z, config.kl_weight)
+        z = norm.encode(bank.gather(run.local(rows).tolist())).to(run.device)
+        loss, parts = vae_loss(ddp_model(z, run.local(eps).to(run.device)), z, config.kl_weight)
         optimizer.zero_grad(set_to_none=True)
         run.accelerator.backward(loss)
         optimizer.step()
@@ -293,7 +296,7 @@ def train_prior(
             config.target,
         )
     )
-    ema = copy.deepcopy(model).requires_grad_(False)
+    ema = copy.deepcopy(model).requires_grad_(False).to(run.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     modules = {"model": model, "ema": ema}
     start = _resume(run, resume, modules, {"opt": optimizer})
@@ -308,6 +311,7 @@ def train_prior(
         total=config.steps,
     )
     n_photos = table.embeddings.shape[1]
+    rep, mean, std = _on_device(rep, run.device), mean.to(run.device), std.to(run.device)
     for step in bar:
         gen = run.step_generator(step)
         rows = torch.randint(len(bank), (config.batch_size,), generator=gen)
@@ -317,18 +321,18 @@ def train_prior(
         drop = torch.rand(config.batch_size, generator=gen) < config.cond_dropout
         jitter = torch.randn(config.batch_size, rep.dim, generator=gen) * config.latent_noise
         local_rows = run.local(rows)
-        x0 = (
-            rep.encode(norm.encode(bank.gather(local_rows.tolist()))) + run.local(jitter) - mean
-        ) / std
-        cond = table.embeddings[cond_rows[local_rows], run.local(photos)]
-        local_drop = run.local(drop)
+        dev = run.device
+        z = norm.encode(bank.gather(local_rows.tolist())).to(dev)
+        x0 = (rep.encode(z) + run.local(jitter).to(dev) - mean) / std
+        cond = table.embeddings[cond_rows[local_rows], run.local(photos)].to(dev)
+        local_drop = run.local(drop).to(dev)
         loss = diffusion_loss(
             lambda x, tt, c, drop=local_drop: ddp_model(x, tt, c, drop=drop),
             x0,
             cond,
             config.target,
-            t=run.local(t),
-            eps=run.local(eps),
+            t=run.local(t).to(dev),
+            eps=run.local(eps).to(dev),
         )
         optimizer.zero_grad(set_to_none=True)
         run.accelerator.backward(loss)
@@ -356,6 +360,15 @@ def train_prior(
         _write_summary(run, began, {"loss_last": _tail_mean(run.out / "log.jsonl", "loss")})
     run.accelerator.wait_for_everyone()
     return out
+
+
+def _on_device(rep: Representation, device: torch.device) -> Representation:
+    """The representation with its weights on `device` (a no-op on the CPU)."""
+    if isinstance(rep, VaeRepresentation):
+        rep.vae.to(device)
+    elif isinstance(rep, PcaRepresentation):
+        rep = PcaRepresentation(rep.mean.to(device), rep.components.to(device))
+    return rep
 
 
 def _tail_mean(log_path: Path, key: str, n: int = 100) -> float | None:

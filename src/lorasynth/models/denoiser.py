@@ -51,7 +51,9 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal features of t in [0, 1] (scaled to the usual 0..1000 range)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10_000) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(10_000) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
     args = (t.float() * 1000)[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
