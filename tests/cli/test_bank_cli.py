@@ -56,3 +56,39 @@ def test_bank_errors(tmp_path):
     assert_one_line_error(
         run_cli("bank", "ingest", tmp_path / "empty", tmp_path / "b"), "no LoRA files"
     )
+
+
+def test_ingest_and_train_take_a_base(tmp_path, tiny_pipeline):
+    """--base gives ingest its expected layout and lets train refuse a bank for another model."""
+    base = tmp_path / "base"
+    tiny_pipeline.save_pretrained(str(base))
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, "w2w", 1)
+    loras = tmp_path / "loras"
+    for i in range(2):
+        write_lora(loras / f"s{i}.safetensors", random_lora(layout, seed=i), to="kohya")
+    write_lora(
+        loras / "attn.safetensors",
+        random_lora(LoraLayout.from_unet(tiny_pipeline.unet, "attn", 1)),
+        to="kohya",
+    )
+    bank = tmp_path / "bank"
+    proc = run_cli("bank", "ingest", loras, bank, "--preset", "w2w", "--base", base, "--json")
+    report = json.loads(proc.stdout)
+    assert report["ingested"] == 2 and report["layout_hash"] == layout.hash
+    assert len(report["failed"]) == 1 and "attn.safetensors" in report["failed"][0]["file"]
+
+    assert_one_line_error(
+        run_cli("train", "vae", bank, "--out", tmp_path / "run", "--base", tmp_path / "missing"),
+        "missing",
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model_index.json").write_text("{}")
+    (other / "unet").mkdir()
+    from lorasynth.lora.layout import load_unet_config
+
+    (other / "unet" / "config.json").write_text(json.dumps(load_unet_config("sd15")))
+    assert_one_line_error(
+        run_cli("train", "vae", bank, "--out", tmp_path / "run", "--base", other),
+        "does not fit base",
+    )
