@@ -124,10 +124,11 @@ def _pipeline_run(world: WorldConfig = WORLD) -> Path:
 def _stage_vae(world: WorldConfig, resume: bool, progress: bool) -> dict:
     from lorasynth.world.train_pipeline import build_vae
 
+    run = _pipeline_run(world)
     return build_vae(
-        out_dir=_pipeline_run(world),
+        out_dir=run,
         steps=world.vae_steps,
-        resume=resume,
+        resume=resume and (run / "vae-state.safetensors").is_file(),  # first run: fresh
         progress=progress,
         domain=world.domain,
         pipeline=world.pipeline,
@@ -141,7 +142,7 @@ def _stage_unet(world: WorldConfig, resume: bool, progress: bool) -> dict:
     build_unet(
         out_dir=run,
         steps=world.unet_steps,
-        resume=resume,
+        resume=resume and (run / "unet-state.safetensors").is_file(),  # first run: fresh
         progress=progress,
         domain=world.domain,
         pipeline=world.pipeline,
