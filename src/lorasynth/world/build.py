@@ -70,9 +70,9 @@ PRODUCTS_WORLD = WorldConfig(
         lora=LoraTrainConfig(
             preset="w2w",
             rank=1,
-            steps=200,
-            lr=3e-3,
-            samples_per_subject=2,
+            steps=150,
+            lr=1e-2,
+            samples_per_subject=1,
             subject_prompt="a photo of sks product",
         ),
     ),
