@@ -132,3 +132,10 @@ def test_cli_generate_takes_a_single_file_base_error(tmp_path):
     assert_one_line_error(
         run_cli("generate", "--base", bad, "--n", "1", "--out", tmp_path / "o"), "model.safetensors"
     )
+
+
+def test_folder_with_pickled_weights_is_refused(tiny_pipeline, tmp_path):
+    folder = tmp_path / "pipe"
+    tiny_pipeline.save_pretrained(str(folder), safe_serialization=False)
+    with pytest.raises(LorasynthError, match="could not load as a pipeline"):
+        load_base(folder)

@@ -68,15 +68,23 @@ def _load_folder(path: Path):
 
     if not (path / "model_index.json").is_file():
         raise LorasynthError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(path),
-        local_files_only=True,
-        use_safetensors=True,
-        safety_checker=None,
-        requires_safety_checker=False,
-    )
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(path),
+            local_files_only=True,
+            use_safetensors=True,  # .bin weights are pickles: refused
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise LorasynthError(f"{path}: could not load as a pipeline: {_first_line(exc)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -165,9 +173,8 @@ def load_single_file(path: Path, config: str | os.PathLike[str] | None = None):
             **extra,
         )
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LorasynthError(
-            f"{path}: could not load as a pipeline with configs {config}: {first}"
+            f"{path}: could not load as a pipeline with configs {config}: {_first_line(exc)}"
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
