@@ -81,6 +81,12 @@ def test_full_flow_subject_to_download(api, tmp_path, clock):
     )
     for m in lora.modules:
         assert (kohya.modules[m].delta() - lora.modules[m].delta()).abs().max() < 1e-5
+    # Versioned and self-describing: the Synthesizer's provenance plus id, version, vector hash.
+    meta = lora.metadata
+    assert meta["lorasynth.lora_id"] == lid and meta["lorasynth.version"] == "1"
+    assert meta["lorasynth.domain"] == "faces" and len(meta["lorasynth.vector_sha256"]) == 64
+    for key in ("lorasynth.lora_id", "lorasynth.version", "lorasynth.vector_sha256"):
+        assert kohya.metadata[key] == meta[key] == info["provenance"][key]
     assert [x["lora_id"] for x in api.call("GET", "/v1/loras", "consumer").json()["loras"]] == [lid]
     # Revoke: the file is gone for everyone.
     r = api.call("POST", f"/v1/loras/{lid}/revoke", "reviewer", json={"reason": "subject asked"})
@@ -165,17 +171,30 @@ def test_consent_expiring_while_queued_rejects_the_job(api, clock):
     assert api.svc.blobs.all() == []
 
 
+def _gif() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, format="GIF")
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize(
-    ("data", "status", "words"),
+    ("data", "status", "kind", "words"),
     [
-        (b"", 422, "empty"),
-        (b"not an image at all", 422, "not a readable image"),
-        (tiny.photo_png()[:60], 422, "broken"),
-        (tiny.photo_png(size=4), 422, "at least 8x8"),
-        (tiny.photo_png(size=300), 413, "pixels"),
+        (b"", 422, "bad-image", "empty"),
+        (b"not an image at all", 422, "bad-image", "not a readable image"),
+        (_gif(), 422, "bad-image", "it is GIF"),
+        (tiny.photo_png()[:60], 422, "bad-image", "truncated"),
+        (tiny.photo_png(size=4), 422, "bad-image", "at least 8x8"),
+        (tiny.photo_png(size=300), 413, "too-large", "MP is over the limit"),
     ],
+    ids=["empty", "text", "gif", "truncated", "tiny", "pixels"],
 )
-def test_bad_and_oversized_images(tmp_path, tiny_synth, clock, data, status, words):
+def test_bad_and_oversized_images(tmp_path, tiny_synth, clock, data, status, kind, words):
+    """The faces loader's errors, mapped: over a limit 413, otherwise 422 with the reason."""
     from lorasynth.service import ServiceConfig
     from tests.service.conftest import make_api
 
@@ -185,7 +204,47 @@ def test_bad_and_oversized_images(tmp_path, tiny_synth, clock, data, status, wor
         r = upload(api, sid, data=data)
         assert r.status_code == status, r.text
         assert r.headers["content-type"] == PROBLEM and words in r.json()["detail"]
+        assert r.json()["type"] == f"/problems/{kind}"
+        assert "me.png" not in r.text  # the loader names "the uploaded photo", not the file
         assert api.call("GET", f"/v1/subjects/{sid}").json()["photos"] == []
+
+
+def test_photo_byte_limit_is_413():
+    """The loader's own byte limit (behind the body limit) maps to 413 too."""
+    from lorasynth.service.photos import decode_photo
+    from lorasynth.service.problems import Problem
+
+    data = tiny.photo_png(size=64)
+    assert decode_photo(data, 10_000, len(data)).width == 64
+    with pytest.raises(Problem) as err:
+        decode_photo(data, 10_000, len(data) - 1)
+    assert err.value.status == 413 and err.value.type == "too-large"
+
+
+def test_faces_found_warnings_and_no_face(api, clock, monkeypatch):
+    """faces_found and the embedder's warnings come from its detector; no face is 422."""
+    from lorasynth.errors import LorasynthError
+    from lorasynth.faces import Face
+
+    sid = new_subject(api, clock=clock)
+    faces = api.svc.synth.get().faces
+    one = faces.detect
+    two = [Face((0, 0, 32, 32), 1.0, None, "none"), Face((0, 0, 10, 10), 0.9, None, "none")]
+    monkeypatch.setattr(faces, "detect", lambda image: two)
+    r = upload(api, sid)
+    assert r.status_code == 201 and r.json()["faces_found"] == 2, r.text
+    assert "the uploaded photo: 2 faces found" in r.json()["warnings"][0]
+    photo = api.call("GET", f"/v1/subjects/{sid}").json()["photos"][0]
+    assert photo["faces_found"] == 2
+    monkeypatch.setattr(faces, "detect", lambda image: [])
+    r = upload(api, sid)
+    assert r.status_code == 422 and r.json()["type"] == "/problems/no-face"
+    assert "no face found" in r.json()["detail"]
+    monkeypatch.setattr(faces, "detect", one)
+    r = upload(api, sid)
+    assert r.status_code == 201 and r.json() == {**r.json(), "faces_found": 1, "warnings": []}
+    assert len(api.call("GET", f"/v1/subjects/{sid}").json()["photos"]) == 2
+    assert LorasynthError  # the loader's error type is what the service maps
 
 
 def test_oversized_body_is_answered_413(tmp_path, tiny_synth, clock):

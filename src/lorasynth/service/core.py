@@ -35,7 +35,7 @@ from lorasynth.service.models import (
     Tenant,
     utcnow,
 )
-from lorasynth.service.photos import decode_photo
+from lorasynth.service.photos import decode_photo, embed_photo
 from lorasynth.service.policy import TenantPolicy, consent_problem
 from lorasynth.service.problems import Problem
 from lorasynth.service.storage import BlobStore
@@ -369,9 +369,10 @@ class Service:
             subject = self._subject(s, p, subject_id)
             self._require_consent(subject, "synthesis")
             policy = self.policy(s, p.tenant_id)
-        photo = decode_photo(data, self.config.max_pixels)
+        photo = decode_photo(data, self.config.max_pixels, self.config.max_body_bytes)
         synth = self.synth.get()
-        embedding = synth.embed([photo.pixels]).detach().cpu().numpy().astype("<f4")
+        found = embed_photo(synth, photo.pixels)
+        embedding = found.embedding
         embedder_id = getattr(synth.embedder, "embedder_id", None) or "unknown"
         with self.blob_lock:
             sha = self.blobs.put(photo.png()) if policy.photo_retention_days > 0 else None
@@ -384,7 +385,7 @@ class Service:
                     blob_sha256=sha,
                     width=photo.width,
                     height=photo.height,
-                    faces_found=1,  # mini-world renders hold exactly one face
+                    faces_found=found.faces_found,
                     embedding=embedding.tobytes(),
                     embedder_id=embedder_id,
                     created_at=self.now(),
@@ -396,7 +397,7 @@ class Service:
                 )
                 photo_id = row.id
         self.metrics.photos.inc()
-        return {"photo_id": photo_id, "faces_found": 1}
+        return {"photo_id": photo_id, "faces_found": found.faces_found, "warnings": found.warnings}
 
     def _require_consent(self, subject: Subject, scope: str) -> None:
         reason = consent_problem(subject, scope, self.now())

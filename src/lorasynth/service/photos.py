@@ -1,15 +1,25 @@
-"""Uploaded photo bytes -> an RGB array, with the limits checked before any pixel is decoded."""
+"""Uploaded photo bytes -> pixels and a face embedding, with loader errors as problems.
+
+Decoding is lorasynth.faces.photos' (the one photo loader: type sniffed from the bytes, byte
+and pixel limits checked before any pixel is decoded, EXIF orientation applied, any mode to
+RGB). Its LorasynthError becomes 413 `too-large` when a limit was exceeded and 422
+`bad-image` otherwise; a photo without a face is 422 `no-face`.
+"""
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from lorasynth.errors import LorasynthError
 from lorasynth.service.problems import Problem
 
-FORMATS = ("PNG", "JPEG", "WEBP")
+UPLOAD_NAME = "the uploaded photo"  # how loader messages name it (never the client's file name)
+# What the faces loader's messages say when a photo is over a limit (pinned by
+# tests/service/test_api.py::test_bad_and_oversized_images, so a rewording fails there).
+_TOO_LARGE = ("over the limit", "over the photo limit", "decompression bomb")
 
 
 @dataclass
@@ -27,41 +37,45 @@ class DecodedPhoto:
         return buf.getvalue()
 
 
-def decode_photo(data: bytes, max_pixels: int) -> DecodedPhoto:
-    """Decode an upload; 413 when it has too many pixels, 422 when it is not a usable image."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+@dataclass
+class PhotoEmbedding:
+    embedding: np.ndarray  # (dim,) float32 little-endian, unit norm
+    faces_found: int
+    warnings: list[str] = field(default_factory=list)
 
-    if not data:
-        raise Problem(422, "the uploaded file is empty", "bad-image")
+
+def decode_photo(data: bytes, max_pixels: int, max_bytes: int) -> DecodedPhoto:
+    """Decode an upload with the faces loader; 413 over a limit, 422 when not usable."""
+    from lorasynth.faces.photos import PhotoLimits
+    from lorasynth.faces.photos import decode_photo as load
+
     try:
-        im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise Problem(413, f"image has too many pixels: {exc}", "too-large") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise Problem(
-            422, f"not a readable image ({', '.join(FORMATS)} expected): {exc}", "bad-image"
-        ) from None
-    with im:
-        if im.format not in FORMATS:
-            raise Problem(
-                422,
-                f"image format {im.format} is not accepted; use {', '.join(FORMATS)}",
-                "bad-image",
-            )
-        width, height = im.size
-        if width * height > max_pixels:
-            raise Problem(
-                413,
-                f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
-                f"{max_pixels:,}",
-                "too-large",
-            )
-        if width < 8 or height < 8:
-            raise Problem(422, f"image is {width}x{height}; at least 8x8 is needed", "bad-image")
-        try:
-            im.load()
-            rgb = ImageOps.exif_transpose(im).convert("RGB")
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise Problem(422, f"image data is broken: {exc}", "bad-image") from None
-    pixels = np.asarray(rgb, dtype=np.uint8)
+        pixels = load(data, UPLOAD_NAME, PhotoLimits(max_bytes=max_bytes, max_pixels=max_pixels))
+    except LorasynthError as exc:
+        message = str(exc)
+        if any(words in message for words in _TOO_LARGE):
+            raise Problem(413, message, "too-large") from None
+        raise Problem(422, message, "bad-image") from None
     return DecodedPhoto(pixels, pixels.shape[1], pixels.shape[0])
+
+
+def embed_photo(synth, pixels: np.ndarray) -> PhotoEmbedding:
+    """The photo's face embedding with the Synthesizer's embedder: its largest face, how many
+    faces were found and the embedder's quality warnings (small, blurry, several faces)."""
+    from lorasynth.faces.photos import photo_name
+
+    faces = synth.faces
+    try:
+        if hasattr(faces, "analyse"):  # detecting embedders report what they found
+            found = faces.analyse([pixels])[0]
+            embedding, count, notes = found.embedding, len(found.faces), list(found.warnings)
+        else:
+            embedding, count, notes = faces.embed([pixels])[0], 1, []
+    except LorasynthError as exc:
+        message = str(exc)
+        kind = "no-face" if "face" in message.lower() else "bad-image"
+        raise Problem(422, message, kind) from None
+    notes = [n.replace(photo_name(pixels), UPLOAD_NAME) for n in notes]
+    embedding = np.asarray(embedding, dtype="<f4")
+    embedding = embedding / max(float(np.linalg.norm(embedding)), 1e-12)
+    return PhotoEmbedding(embedding.astype("<f4"), count, notes)

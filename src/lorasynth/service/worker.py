@@ -127,7 +127,7 @@ class Worker:
         synth = svc.synth.get()
         cond = torch.nn.functional.normalize(torch.from_numpy(np.mean(embeddings, axis=0)), dim=0)
         vector = synth.vectors_for(cond[None].float(), method, seed, guidance, steps)[0]
-        provenance = _provenance(synth, method, seed, guidance, steps)
+        provenance = _provenance(synth, lora_id, version, vector, method, seed, guidance, steps)
         files, preview_png, similarity = {}, None, None
         if bool(torch.isfinite(vector).all()):
             files, preview_png, similarity = self._files(synth, vector, provenance, cond, version)
@@ -198,24 +198,21 @@ class Worker:
         return data, _grid_png(images), similarity
 
 
-def _provenance(synth, method: str, seed: int, guidance: float, steps: int) -> dict[str, str]:
-    """What the LoRA file says about how it was made; never the embedding or a photo."""
-    meta = {
-        "lorasynth.method": method,
-        "lorasynth.seed": str(seed),
-        "lorasynth.embedder_id": getattr(synth.embedder, "embedder_id", None) or "",
-        "lorasynth.normaliser_hash": synth.normaliser.hash,
-        "lorasynth.layout_hash": synth.layout.hash,
-    }
-    prior = getattr(synth, "prior", None)
-    if method == "diffusion" and prior is not None:
-        meta.update(
-            {
-                "lorasynth.prior": prior.name,
-                "lorasynth.guidance": str(guidance),
-                "lorasynth.steps": str(steps),
-            }
-        )
+def _provenance(
+    synth, lora_id: str, version: int, vector: torch.Tensor, method, seed, guidance, steps
+) -> dict[str, str]:
+    """What the LoRA file says about how it was made (the Synthesizer's own provenance, so
+    the CLI and the service write the same keys) plus which library version it is and the
+    sha256 of its canonical vector (the same for both formats); never an embedding or photo."""
+    import hashlib
+
+    meta = dict(synth._provenance(method, seed, guidance, steps))
+    meta["lorasynth.layout_hash"] = synth.layout.hash
+    meta["lorasynth.lora_id"] = lora_id
+    meta["lorasynth.version"] = str(version)
+    if bool(torch.isfinite(vector).all()):
+        data = vector.detach().to(torch.float32).contiguous().cpu().numpy().astype("<f4")
+        meta["lorasynth.vector_sha256"] = hashlib.sha256(data.tobytes()).hexdigest()
     return meta
 
 
