@@ -158,6 +158,37 @@ def test_consent_is_required_for_each_purpose(api, clock):
     assert upload(api, sid).status_code == 201
 
 
+def test_bank_training_takes_only_subjects_whose_consent_covers_it(api, clock):
+    import base64
+
+    plain = new_subject(api, clock=clock)  # synthesis + distribution only
+    lid_plain = made_lora(api, plain)
+    ok = new_subject(api, clock=clock, scope=("synthesis", "bank_training"))
+    lid_ok = made_lora(api, ok)
+    short = new_subject(api, clock=clock, days=1, scope=("synthesis", "bank_training"))
+    made_lora(api, short)
+    for lid in (lid_plain, lid_ok):
+        api.call("POST", f"/v1/loras/{lid}/review", "reviewer", json={"decision": "approve"})
+    got = api.call("GET", "/v1/bank-training").json()
+    assert sorted(x["subject_id"] for x in got["subjects"]) == sorted([ok, short])
+    assert got["excluded"] == 1
+    clock.advance(days=2)  # `short` has expired: out
+    got = api.call("GET", "/v1/bank-training").json()
+    assert [x["subject_id"] for x in got["subjects"]] == [ok] and got["excluded"] == 2
+    item = got["subjects"][0]
+    assert len(item["embeddings"]) == 1 and len(item["embeddings"][0]) == 16
+    (lora,) = item["loras"]
+    data = base64.b64decode(lora["diffusers_base64"])
+    assert lora["lora_id"] == lid_ok and hashlib.sha256(data).hexdigest() == lora["sha256"]
+    # Bank training is not distribution: the consumer still cannot download it.
+    r = api.call("GET", f"/v1/loras/{lid_ok}/file", "consumer")
+    assert r.status_code == 409 and "distribution" in r.json()["detail"]
+    assert api.call("GET", "/v1/bank-training", other=True).json()["subjects"] == []
+    audit = api.call("GET", "/v1/audit").json()["events"]
+    assert audit[0]["action"] == "bank_training.exported"
+    assert audit[0]["detail"] == {"subjects": [ok], "excluded": 2}
+
+
 def test_consent_expiring_while_queued_rejects_the_job(api, clock):
     sid = new_subject(api, clock=clock, days=1)
     assert upload(api, sid).status_code == 201

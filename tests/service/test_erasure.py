@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+from sqlalchemy import func, select
 
+from lorasynth.service.models import Idempotency
 from tests.service.conftest import consent
 from tests.service.test_api import made_lora, upload
 
@@ -22,8 +24,9 @@ def test_export_then_erase_leaves_nothing(api, clock, tmp_path):
     # Keep photos on disk too, so there are photo blobs to erase.
     assert api.call("PUT", "/v1/policy", json={"photo_retention_days": 30}).status_code == 200
     body = {"display_name": NAME, "consent": consent(clock)}
-    sid = api.call("POST", "/v1/subjects", "creator", json=body).json()["id"]
-    assert upload(api, sid).status_code == 201
+    idem = {"Idempotency-Key": "erase-me-1"}
+    sid = api.call("POST", "/v1/subjects", "creator", json=body, headers=idem).json()["id"]
+    assert upload(api, sid, headers={"Idempotency-Key": "erase-me-2"}).status_code == 201
     lid = made_lora(api, sid)
     api.call("POST", f"/v1/loras/{lid}/review", "reviewer", json={"decision": "approve"})
     keep = api.call(
@@ -42,6 +45,7 @@ def test_export_then_erase_leaves_nothing(api, clock, tmp_path):
     export = api.call("GET", f"/v1/subjects/{sid}/export").json()
     assert export["display_name"] == NAME and len(export["photos"]) == 2
     assert export["loras"][0]["status"] == "approved" and export["loras"][0]["blob_sha256"]
+    assert all(x["png_base64"] for x in export["photos"])  # kept photos are exported too
     embedding = np.asarray(export["photos"][0]["embedding"], dtype="<f4")
     assert abs(float(np.linalg.norm(embedding)) - 1) < 1e-4
     assert {e["action"] for e in export["audit"]} >= {"subject.created", "photo.added"}
@@ -62,8 +66,10 @@ def test_export_then_erase_leaves_nothing(api, clock, tmp_path):
     assert (
         tomb
         and tomb[0]["object_id"] == sid
-        and tomb[0]["detail"] == {"photos": 2, "loras": 1, "blobs": 4}
+        and tomb[0]["detail"] == {"photos": 2, "loras": 1, "blobs": 4, "stored_requests": 2}
     )
+    with api.svc.db.read() as s:  # the other subject's request answers are not touched
+        assert s.scalar(select(func.count()).select_from(Idempotency)) == 0
     assert NAME not in str(events)
     assert (data_dir / "lorasynth.db-wal").stat().st_size == 0
     assert api.call("GET", f"/v1/subjects/{keep}").json()["display_name"] == "Kept Person"

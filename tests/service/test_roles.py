@@ -37,6 +37,7 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     ("POST", "/v1/loras/{lora_id}/links"): {"admin", "consumer"},
     ("GET", "/v1/dl/{token}"): PUBLIC,
     ("GET", "/v1/audit"): {"admin"},
+    ("GET", "/v1/bank-training"): {"admin"},
 }
 
 

@@ -355,6 +355,12 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         data, sha, version, fmt, lora_id = svc.resolve_link(token)
         return _file_response(request, data, sha, version, fmt, lora_id)
 
+    @app.get("/v1/bank-training")
+    def bank_training(
+        p: Admin, limit: int = Query(100, ge=1, le=1000), after: str | None = None
+    ) -> dict:
+        return svc.bank_training_set(p, limit, after)
+
     # ---- audit ----------------------------------------------------------------------------
     @app.get("/v1/audit")
     def audit(p: Admin, limit: int = Query(200, ge=1, le=1000), before: int | None = None) -> dict:

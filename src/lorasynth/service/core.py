@@ -8,6 +8,7 @@ references them is committed and deleted only after the last reference is gone.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import shutil
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from lorasynth.errors import LorasynthError
@@ -681,6 +682,12 @@ class Service:
                 item = self._photo_json(x)
                 item["embedding"] = np.frombuffer(x.embedding, "<f4").tolist()
                 item["blob_sha256"] = x.blob_sha256
+                # A kept photo is itself data held about the subject: it is exported too.
+                item["png_base64"] = (
+                    base64.b64encode(self.blobs.get(x.blob_sha256)).decode()
+                    if x.blob_sha256
+                    else None
+                )
                 photos.append(item)
             loras = []
             for x in self._loras(s, subject.id):
@@ -703,6 +710,62 @@ class Service:
             self.audit(s, p.tenant_id, p.actor, "subject.exported", "subject", subject.id)
             return out
 
+    def bank_training_set(self, p: Principal, limit: int = 100, after: str | None = None) -> dict:
+        """What may train future banks and priors: the photo embeddings and approved LoRA
+        files of the subjects whose consent covers `bank_training` now. Subjects without it
+        (or with expired consent) are left out, counted only."""
+        now = self.now()
+        with self.db.session() as s:
+            q = select(Subject).where(Subject.tenant_id == p.tenant_id)
+            if after:
+                q = q.where(Subject.id > after)
+            subjects, excluded = [], 0
+            for subject in s.scalars(q.order_by(Subject.id)):
+                if len(subjects) == limit:
+                    break
+                if consent_problem(subject, "bank_training", now):
+                    excluded += 1
+                    continue
+                photos = self._photos(s, subject.id)
+                loras = [x for x in self._loras(s, subject.id) if x.status == "approved"]
+                subjects.append(
+                    {
+                        "subject_id": subject.id,
+                        "consent_expires_at": _iso(subject.consent_expires_at),
+                        "embedder_ids": sorted({x.embedder_id for x in photos}),
+                        "embeddings": [np.frombuffer(x.embedding, "<f4").tolist() for x in photos],
+                        "loras": [
+                            {
+                                "lora_id": x.id,
+                                "version": x.version,
+                                "layout_hash": x.layout_hash,
+                                "sha256": x.blob_sha256,
+                                "diffusers_base64": base64.b64encode(
+                                    self.blobs.get(x.blob_sha256)
+                                ).decode(),
+                            }
+                            for x in loras
+                            if x.blob_sha256
+                        ],
+                    }
+                )
+            ids = [x["subject_id"] for x in subjects]
+            self.audit(
+                s,
+                p.tenant_id,
+                p.actor,
+                "bank_training.exported",
+                "tenant",
+                p.tenant_id,
+                subjects=ids,
+                excluded=excluded,
+            )
+        return {
+            "subjects": subjects,
+            "excluded": excluded,
+            "next": ids[-1] if len(ids) == limit else None,
+        }
+
     def erase_subject(self, p: Principal, subject_id: str, actor: str | None = None) -> dict:
         """Delete every row and blob about a subject; leave a tombstone without personal data."""
         with self.db.session() as s:
@@ -715,7 +778,14 @@ class Service:
                 s.delete(row)
             s.flush()
             s.delete(subject)
-            counts = {"photos": len(photos), "loras": len(loras), "blobs": len(shas)}
+            # Stored answers of its requests hold hashes of its name and photos.
+            answers = s.execute(delete(Idempotency).where(Idempotency.subject_id == subject.id))
+            counts = {
+                "photos": len(photos),
+                "loras": len(loras),
+                "blobs": len(shas),
+                "stored_requests": answers.rowcount,
+            }
             self.audit(
                 s, p.tenant_id, actor or p.actor, "subject.erased", "subject", subject_id, **counts
             )
@@ -766,7 +836,9 @@ class Service:
                 return "in-flight"
             return row
 
-    def idem_finish(self, scope: str, status: int, content_type: str | None, body: bytes) -> None:
+    def idem_finish(
+        self, scope: str, status: int, content_type: str | None, body: bytes, path: str = ""
+    ) -> None:
         with self.db.session() as s:
             row = s.get(Idempotency, scope)
             if row is None:
@@ -775,6 +847,22 @@ class Service:
                 s.delete(row)  # a failure may succeed on retry
             else:
                 row.status_code, row.content_type, row.body = status, content_type, body
+                row.subject_id = self._subject_of(s, path, status, body)
+
+    @staticmethod
+    def _subject_of(s: Session, path: str, status: int, body: bytes) -> str | None:
+        """Which subject a POST concerned: from its path, or the id a new subject got."""
+        import json
+
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["v1", "subjects"] and len(parts) >= 3:
+            return parts[2][:32]
+        if parts == ["v1", "subjects"] and status == 201:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                return str(json.loads(body)["id"])[:32]
+        if parts[:2] == ["v1", "loras"] and len(parts) >= 3:
+            return s.scalar(select(Lora.subject_id).where(Lora.id == parts[2]))
+        return None
 
 
 def _secret(path: Path) -> bytes:

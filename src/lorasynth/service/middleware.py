@@ -257,6 +257,7 @@ class BodyAndIdempotency:
                 captured["status"],
                 captured["type"],
                 b"".join(captured["body"]),
+                scope["path"],
             )
 
 

@@ -137,3 +137,5 @@ class Idempotency(Base):
     content_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
     body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # The subject the request concerned (erasure deletes its stored answers and body hashes).
+    subject_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
