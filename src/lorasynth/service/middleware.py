@@ -158,7 +158,10 @@ class BodyAndIdempotency:
             return await self.app(scope, receive, send)
         length = _header(scope, b"content-length")
         too_big = length is not None and length.isdigit() and int(length) > self.max_bytes
-        chunks, size, more = [], 0, True
+        # A client that waits for "100 Continue" is told 413 before it sends a byte (the
+        # server sends 100 only once the body is read, which this does not do).
+        waiting = (_header(scope, b"expect") or "").lower() == "100-continue"
+        chunks, size, more = [], 0, not (too_big and waiting)
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
