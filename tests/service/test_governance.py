@@ -44,6 +44,38 @@ def test_retention_deletes_photos_embeddings_and_loras_on_schedule(api, clock):
     }
 
 
+def test_the_server_enforces_retention_at_start_up(tmp_path, tiny_synth, clock):
+    """A server that was down when consent expired enforces it as soon as it starts."""
+    import time
+    from datetime import timedelta
+
+    from fastapi.testclient import TestClient
+
+    from lorasynth.service import create_app
+    from lorasynth.service.core import Service
+
+    data = tmp_path / "data"
+    svc = Service(data, synthesizer_factory=lambda: tiny_synth, clock=clock)
+    admin = svc.authenticate(svc.create_key(svc.create_tenant("t"), "admin"))
+    sid = svc.create_subject(
+        admin,
+        "Late Expiry",
+        {**consent(clock, days=1), "expires_at": clock.now + timedelta(days=1)},
+    )
+    svc.add_photo(admin, sid, tiny.photo_png())
+    svc.db.dispose()
+    clock.advance(days=2)
+    app = create_app(data, synthesizer_factory=lambda: tiny_synth, clock=clock)
+    with TestClient(app):
+        service = app.state.service
+        deadline = time.monotonic() + 20
+        while service.get_subject(admin, sid)["photos"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.get_subject(admin, sid)["photos"] == []
+    actors = {e["actor"] for e in service.audit_log(admin) if e["action"] == "photo.deleted"}
+    assert actors == {"system:retention"}
+
+
 def test_consent_expiry_revokes_and_renewal_restarts_the_clock(api, clock):
     sid = new_subject(api, clock=clock, days=30)
     lid = made_lora(api, sid)

@@ -63,6 +63,65 @@ def test_admin_and_retention_cli(tmp_path):
     )
 
 
+def test_admin_commands_print_only_the_id_or_key(tmp_path):
+    """The installed `lorasynth` command in a real process: stdout is the id / key alone."""
+    exe = Path(sys.executable).with_name("lorasynth")
+    if not exe.exists():
+        pytest.skip(f"no {exe} (package not installed in this environment)")
+    data = tmp_path / "data"
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [str(exe), *map(str, a)], capture_output=True, text=True, timeout=120
+    )
+    made = run("admin", "create-tenant", "Studio Real", "--data", data)
+    assert made.returncode == 0, made.stderr
+    tenant = made.stdout.strip()
+    assert made.stdout == tenant + "\n" and len(tenant) == 32 and tenant.isalnum()
+    made = run("admin", "create-key", "--tenant", tenant, "--role", "admin", "--data", data)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert made.stdout == key + "\n" and key.startswith("lsk_") and " " not in key
+    assert "cannot be shown again" in made.stderr
+    from lorasynth.service.core import Service
+
+    svc = Service(data)
+    assert svc.authenticate(key).tenant_id == tenant and svc.authenticate(key).role == "admin"
+    bad = run("admin", "create-key", "--tenant", "nope", "--role", "admin", "--data", data)
+    assert bad.returncode != 0 and bad.stdout == "" and "no tenant" in bad.stderr
+
+
+def test_serve_passes_model_options_to_the_synthesizer(tmp_path, monkeypatch):
+    """`serve --embedder --model-dir --base --domain` reach Synthesizer.load; limits reach
+    the config."""
+    import typer
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from lorasynth.cli.service import register
+    from lorasynth.synthesis import Synthesizer
+
+    started, loaded = {}, {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    monkeypatch.setattr(Synthesizer, "load", classmethod(lambda cls, **kw: loaded.update(kw)))
+    app = typer.Typer()
+    register(app)
+    args = ["serve", "--data", str(tmp_path / "d"), "--port", "9999", "--embedder", "dlib"]
+    args += ["--model-dir", str(tmp_path), "--base", "none", "--domain", "faces"]
+    args += ["--max-megapixels", "2", "--rate-per-key", "5", "--limit-concurrency", "7"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert started["port"] == 9999 and started["host"] == "127.0.0.1"
+    svc = started["app"].state.service
+    assert (svc.config.max_pixels, svc.config.rate_per_key, svc.config.max_concurrency) == (
+        2_000_000,
+        5.0,
+        7,
+    )
+    assert svc.previewer is None  # --base none: no previews
+    svc.synth._factory()
+    assert loaded["embedder"] == "dlib" and loaded["model_dir"] == tmp_path
+    assert loaded["base"] == "mini" and loaded["domain"] == "faces"
+
+
 class Server:
     def __init__(self, data: Path, world: Path, delay: float, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"

@@ -24,7 +24,14 @@ def _service(data: Path, db: str | None):
 
 
 def _factory(
-    spec: str | None, bank: Path | None, prior: Path | None, vae: Path | None, embedder: str
+    spec: str | None,
+    bank: Path | None,
+    prior: Path | None,
+    vae: Path | None,
+    embedder: str | None,
+    base: str = "mini",
+    model_dir: Path | None = None,
+    domain: str | None = None,
 ):
     if spec:  # "package.module:function" returning a Synthesizer
         import importlib
@@ -39,7 +46,15 @@ def _factory(
     def load():
         from lorasynth.synthesis import Synthesizer
 
-        return Synthesizer.load(bank=bank, prior=prior, vae=vae, embedder=embedder)
+        return Synthesizer.load(
+            bank=bank,
+            prior=prior,
+            vae=vae,
+            embedder=embedder,
+            base=base,
+            model_dir=model_dir,
+            domain=domain,
+        )
 
     return load
 
@@ -49,18 +64,41 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     db: DbOpt = None,
-    embedder: Annotated[str, typer.Option(help="Conditioning embedder.")] = "mini-arcface",
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            help="Conditioning embedder (mini-arcface, dlib, arcface-onnx, clip-vision, ...; "
+            "default: the domain's); the one the bank and prior were built with."
+        ),
+    ] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Embedder model folder (see `lorasynth embed --help`).")
+    ] = None,
+    domain: Annotated[
+        str | None, typer.Option(help="Subject domain: faces or products (default: the bank's).")
+    ] = None,
     bank: Annotated[Path | None, typer.Option(help="Bank (default: shipped).")] = None,
     prior: Annotated[Path | None, typer.Option(help="Prior file (default: shipped).")] = None,
     vae: Annotated[Path | None, typer.Option(help="LoRA VAE (default: shipped).")] = None,
     base: Annotated[
-        str, typer.Option(help="Pipeline for previews: 'mini', a diffusers folder, or 'none'.")
+        str,
+        typer.Option(
+            help="Base model the LoRAs are for (checked against the bank) and previews run on: "
+            "'mini', a diffusers SD1.5-family folder, a single-file SD1.5 .safetensors, or "
+            "'none' (mini, without previews)."
+        ),
     ] = "mini",
     workers: Annotated[int, typer.Option(min=1, help="Synthesis worker threads.")] = 1,
     limit_concurrency: Annotated[
         int, typer.Option(min=1, help="Requests in flight before 503 + Retry-After.")
     ] = 64,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body (413 above).")] = 20.0,
+    max_megapixels: Annotated[
+        float, typer.Option(help="Largest photo in megapixels (413 above; checked undecoded).")
+    ] = 24.0,
+    rate_per_key: Annotated[
+        float, typer.Option(help="Sustained requests per second per API key (429 above).")
+    ] = 100.0,
     retention_interval: Annotated[
         float, typer.Option(help="Seconds between retention runs inside the server.")
     ] = 3600.0,
@@ -80,6 +118,9 @@ def serve(
     configure_logging(log_level)
     config = ServiceConfig(
         max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_pixels=int(max_megapixels * 1_000_000),
+        rate_per_key=rate_per_key,
+        rate_burst=max(1, int(rate_per_key * 4)),
         max_concurrency=limit_concurrency,
         worker_threads=workers,
         retention_interval_s=retention_interval,
@@ -87,8 +128,17 @@ def serve(
     app = create_app(
         data,
         db,
-        synthesizer_factory=_factory(synthesizer, bank, prior, vae, embedder),
-        previewer=None if base == "none" else PipelinePreviewer(base),
+        synthesizer_factory=_factory(
+            synthesizer,
+            bank,
+            prior,
+            vae,
+            embedder,
+            "mini" if base == "none" else base,
+            model_dir,
+            domain,
+        ),
+        previewer=None if base == "none" else PipelinePreviewer(base, domain=domain),
         config=config,
     )
     typer.echo(f"serving {data} on http://{host}:{port}", err=True)

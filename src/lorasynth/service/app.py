@@ -101,12 +101,15 @@ def create_app(
     stop = threading.Event()
 
     def retention_loop() -> None:
-        while not stop.wait(svc.config.retention_interval_s):
+        # At start-up too: a server that was down past an expiry enforces it at once.
+        while True:
             try:
                 counts = run_retention(svc)
                 log.info("retention run", extra=counts)
             except Exception:
                 log.exception("retention run failed")
+            if stop.wait(svc.config.retention_interval_s):
+                return
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -14,9 +14,21 @@ class PipelinePreviewer:
     be loaded (no mini-world pipeline built yet) previews are skipped, not fatal."""
 
     def __init__(
-        self, base: str = "mini", prompt: str = "a photo of sks person", n: int = 2, steps: int = 20
+        self,
+        base: str = "mini",
+        prompt: str | None = None,
+        n: int = 2,
+        steps: int = 20,
+        domain: str | None = None,
     ) -> None:
-        self.base, self.prompt, self.n, self.steps = base, prompt, n, steps
+        from lorasynth.domains import get_domain
+
+        dom = get_domain(domain)
+        # As Synthesizer.load: the mini base of a domain is its own pipeline.
+        if str(base) == "mini" and dom.asset_subdir:
+            base = str(dom.root() / "pipeline")
+        self.base, self.n, self.steps = base, n, steps
+        self.prompt = prompt or dom.subject_prompt
         self._pipe = None
         self._failed: str | None = None
         self._lock = threading.Lock()  # one pipeline, one LoRA loaded at a time
