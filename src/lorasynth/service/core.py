@@ -821,6 +821,14 @@ class Service:
     # ---- idempotency ----------------------------------------------------------------------
     def idem_begin(self, scope: str, request_sha: str) -> Idempotency | str | None:
         """The stored answer for a replay, "conflict", "in-flight", or None (go ahead)."""
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            return self._idem_begin(scope, request_sha)
+        except IntegrityError:  # another server process inserted the same key just now
+            return self._idem_begin(scope, request_sha)
+
+    def _idem_begin(self, scope: str, request_sha: str) -> Idempotency | str | None:
         with self.db.session() as s:
             row = s.get(Idempotency, scope)
             if row is None:

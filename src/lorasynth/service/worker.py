@@ -79,8 +79,14 @@ class Worker:
     def _claim(self) -> str | None:
         svc = self.service
         with svc.db.session() as s:
+            # SKIP LOCKED: on PostgreSQL several server processes claim different jobs
+            # (SQLite renders no FOR UPDATE; its writers are serialised by BEGIN IMMEDIATE).
             lora = s.scalar(
-                select(Lora).where(Lora.status == "queued").order_by(Lora.created_at).limit(1)
+                select(Lora)
+                .where(Lora.status == "queued")
+                .order_by(Lora.created_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
             )
             if lora is None:
                 return None
