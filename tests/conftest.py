@@ -143,3 +143,26 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def built_tiny_products(tmp_path_factory) -> Path:
+    """A products mini-world built once per session on tiny configs (~40 s); see tiny_worlds."""
+    from tests.tiny_worlds import build_tiny_products
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_tiny_products(tmp_path_factory.mktemp("tiny-products"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_products_world(built_tiny_products, monkeypatch) -> Path:
+    """The built tiny products world as this test's LORASYNTH_ASSETS / LORASYNTH_BUILD (no faces
+    models there). Tests must not write into it: it is shared by the session."""
+    from tests.tiny_worlds import use_world
+
+    use_world(monkeypatch, built_tiny_products)
+    return built_tiny_products

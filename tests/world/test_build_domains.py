@@ -14,59 +14,14 @@ from lorasynth.errors import LorasynthError
 from lorasynth.faces.mini import EmbedderConfig
 from lorasynth.lora.safetensors_io import load_tensors
 from lorasynth.models.store import load_prior
-from lorasynth.train import PriorTrainConfig, VAETrainConfig
 from lorasynth.world import build as wb
-from lorasynth.world import train_embedders as te
-from lorasynth.world.bank_build import BankBuildConfig
-from lorasynth.world.lora_trainer import LoraTrainConfig
-from lorasynth.world.pipeline_build import TINY_CONFIG
-from lorasynth.world.synthesis_build import SynthesisBuildConfig
-
-TINY_PRODUCTS = wb.WorldConfig(
-    domain="products",
-    train_identities=3,
-    heldout_identities=2,
-    bank=BankBuildConfig(
-        images_per_identity=2,
-        chunk=4,
-        lora=LoraTrainConfig(
-            preset="w2w",
-            rank=1,
-            steps=2,
-            samples_per_subject=1,
-            subject_prompt="a photo of sks product",
-        ),
-    ),
-    embedder_steps=2,
-    embedder_eval_identities=100,
-    regressor_identities=10,
-    vae_steps=2,
-    unet_steps=1,
-    workers=1,
-    pipeline=TINY_CONFIG,
-    pipeline_eval_samples=4,
-    synthesis=SynthesisBuildConfig(
-        condition_photos=2,
-        vae=VAETrainConfig(latent_dim=4, hidden=16, depth=1, steps=2, batch_size=4),
-        prior=PriorTrainConfig(
-            width=16, depth=1, adalora_rank=2, cond_embed_dim=8, steps=2, batch_size=4
-        ),
-        priors={"adalora-v": {}},
-    ),
-)
+from tests.tiny_worlds import TINY_PRODUCTS, tiny_style_embedders, use_world
 
 
 @pytest.fixture
 def tiny_world(tmp_path, monkeypatch):
-    monkeypatch.setenv("LORASYNTH_ASSETS", str(tmp_path / "assets"))
-    monkeypatch.setenv("LORASYNTH_BUILD", str(tmp_path / "build"))
-    for name, arch in (("mini-style", "resnet"), ("mini-style-eval", "plain")):
-        monkeypatch.setitem(te.STYLE_PRESETS, name, EmbedderConfig(name, arch, (8, 16), (1, 1), 16))
-        monkeypatch.setitem(
-            te.TRAINING,
-            name,
-            te.TrainConfig(steps=2, batch_size=8, num_identities=4, warmup_steps=1),
-        )
+    use_world(monkeypatch, tmp_path)
+    tiny_style_embedders(monkeypatch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield tmp_path

@@ -23,9 +23,17 @@ def evaluate(
     ablations: Annotated[
         bool, typer.Option(help="Also run the 4-photo setting, sweeps and sanity checks.")
     ] = True,
+    domain: Annotated[
+        str,
+        typer.Option(
+            help="faces, products, or all: each built domain into OUT/<domain>/ and one "
+            "OUT/report.md with every domain's table (a domain not built is said, not fatal)."
+        ),
+    ] = "faces",
 ) -> None:
     """Score every method (ID similarity, fidelity, top-1, attributes, prompts, Frechet, time, bytes)."""
-    from lorasynth.evaluate.run import EvalConfig
+    from lorasynth.domains import get_domain
+    from lorasynth.evaluate.run import EvalConfig, evaluate_domains
     from lorasynth.evaluate.run import evaluate as run_evaluation
 
     config = EvalConfig(
@@ -33,10 +41,25 @@ def evaluate(
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         seed=seed,
         ablations=ablations,
+        domain="faces" if domain == "all" else get_domain(domain).name,
     )
+    if domain == "all":
+        outcome = evaluate_domains(out, config)
+        for name, results in outcome.items():
+            if isinstance(results, str):
+                typer.echo(f"{name}: not evaluated: {results}", err=True)
+            else:
+                typer.echo(
+                    f"{name}: {results['n_identities']} identities in "
+                    f"{results['seconds']:,.0f} s; report: {out / name / 'report.md'}",
+                    err=True,
+                )
+        typer.echo(f"every domain's table: {out / 'report.md'}", err=True)
+        return
     results = run_evaluation(out, config)
     typer.echo(
-        f"evaluated {identities} identities in {results['seconds']:,.0f} s; report: {out / 'report.md'}",
+        f"evaluated {identities} {config.domain} identities in {results['seconds']:,.0f} s; "
+        f"report: {out / 'report.md'}",
         err=True,
     )
 

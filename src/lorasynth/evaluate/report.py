@@ -46,26 +46,19 @@ def table(rows: dict) -> str:
 def write_report(out: Path, results: dict, ev) -> Path:
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
+    cfg = results["config"]
+    judge = cfg["embedder_eval"].split("/")[0]
     made = [
-        fidelity_vs_time(results["methods"], plots / "fidelity-vs-time.png"),
+        fidelity_vs_time(results["methods"], plots / "fidelity-vs-time.png", judge),
         image_grid(ev, plots / "grid.png"),
     ]
-    cfg = results["config"]
     parts = [
-        "# lorasynth evaluation (mini-world)",
+        f"# lorasynth evaluation (mini-world, {cfg.get('domain', 'faces')})",
         "",
-        f"{results['n_identities']} held-out identities, prompts: {', '.join(repr(p) for p in cfg['prompts'])}; "
-        f"conditioning embedder `{cfg['embedder_condition']}`, judged by `{cfg['embedder_eval']}` against "
-        f"{cfg['references']} reference renders per identity that condition nothing. Mean ± 95% interval. "
-        f"Took {results.get('seconds', 0):,.0f} s.",
+        summary(results),
         "",
-        "## One photo",
-        "",
-        table(results["methods"]),
+        *main_tables(results),
     ]
-    for key, rows in results["ablations"].items():
-        if key.startswith("photos_") and isinstance(rows, dict):
-            parts += ["", f"## {key.split('_')[1]} photos (embeddings averaged)", "", table(rows)]
     shuffled = results["ablations"].get("shuffled_identity")
     if shuffled and not shuffled.get("absent"):
         parts += [
@@ -98,7 +91,59 @@ def write_report(out: Path, results: dict, ev) -> Path:
     return path
 
 
-def fidelity_vs_time(rows: dict, path: Path) -> Path | None:
+def summary(results: dict) -> str:
+    """The paragraph under a report's title: who, which prompts and embedders, how long."""
+    cfg = results["config"]
+    return (
+        f"{results['n_identities']} held-out identities, prompts: {', '.join(repr(p) for p in cfg['prompts'])}; "
+        f"conditioning embedder `{cfg['embedder_condition']}`, judged by `{cfg['embedder_eval']}` against "
+        f"{cfg['references']} reference renders per identity that condition nothing. Mean ± 95% interval. "
+        f"Took {results.get('seconds', 0):,.0f} s."
+    )
+
+
+def main_tables(results: dict, level: str = "##") -> list[str]:
+    """The one-photo table and the several-photo tables, as report lines."""
+    parts = [f"{level} One photo", "", table(results["methods"])]
+    for key, rows in results["ablations"].items():
+        if key.startswith("photos_") and isinstance(rows, dict):
+            parts += [
+                "",
+                f"{level} {key.split('_')[1]} photos (embeddings averaged)",
+                "",
+                table(rows),
+            ]
+    return parts
+
+
+def write_combined_report(out: Path, outcome: dict[str, dict | str]) -> Path:
+    """OUT/report.md: each domain's tables (from OUT/<domain>/), or why a domain is missing."""
+    parts = [
+        "# lorasynth evaluation (mini-world, every domain)",
+        "",
+        "The same methods, metrics and settings in each domain; each domain is judged by its own "
+        "evaluation embedder, so ID similarities compare methods within a domain, not across "
+        "domains. Full reports, plots and results.json: one folder per domain.",
+    ]
+    for name, results in outcome.items():
+        parts += ["", f"## {name}", ""]
+        if isinstance(results, str):
+            parts.append(f"Not evaluated: {results}.")
+            continue
+        parts += [
+            summary(results),
+            f"Full report: [{name}/report.md]({name}/report.md).",
+            "",
+            *main_tables(results, "###"),
+        ]
+        if (out / name / "plots" / "grid.png").is_file():
+            parts += ["", f"![{name} grid]({name}/plots/grid.png)"]
+    path = out / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
+
+def fidelity_vs_time(rows: dict, path: Path, judge: str = "mini-eval") -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +164,7 @@ def fidelity_vs_time(rows: dict, path: Path) -> Path | None:
         )
     ax.set_xscale("log")
     ax.set_xlabel("time-to-LoRA (ms, log scale; base = no LoRA)")
-    ax.set_ylabel("ID similarity (mini-eval)")
+    ax.set_ylabel(f"ID similarity ({judge})")
     ax.set_title("Identity fidelity vs time per method")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()

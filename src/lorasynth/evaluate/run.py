@@ -2,10 +2,14 @@
 
 For each held-out identity: condition on one photo (and, as a second setting, four), make the
 LoRA with every method, generate images with several prompts (same seeds for every method), and
-score them with the metrics of DESIGN.md using `mini-eval`, which never conditions anything,
-against reference renders that never condition anything. Nothing is trained here: the trained
-upper-bound LoRAs and every prior variant come from `world build`; absent ones are reported as
-absent. Generated images are cached per (setting, method), so a rerun resumes.
+score them with the metrics of DESIGN.md using the domain's judge (`mini-eval` for faces,
+`mini-style-eval` for products), which never conditions anything, against reference renders that
+never condition anything. Nothing is trained here: the trained upper-bound LoRAs and every prior
+variant come from `world build`; absent ones are reported as absent. Generated images are cached
+per (setting, method), so a rerun resumes.
+
+Everything that knows what a subject is (renderer, attributes, prompts, embedders, asset folder,
+the bank's training settings) comes from the domain (lorasynth.domains), faces by default.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from tqdm import tqdm
 from lorasynth.atomic import write_json_atomic
 from lorasynth.bank import Bank
 from lorasynth.batch_generate import generate_with_loras
+from lorasynth.domains import Domain, check_same_domain, get_domain
 from lorasynth.errors import LorasynthError
 from lorasynth.evaluate.metrics import (
     id_similarity,
@@ -38,14 +43,7 @@ from lorasynth.evaluate.metrics import (
 )
 from lorasynth.lora import LoraFile, LoraLayout, unflatten, write_lora
 from lorasynth.synthesis import Prior, Synthesizer
-from lorasynth.world.attributes import identity_attributes
-from lorasynth.world.identities import (
-    EVAL_CONDITION_PHOTOS,
-    EVAL_REFERENCE_PHOTOS,
-    bank_id,
-    identity_seeds,
-)
-from lorasynth.world.render import render_identity
+from lorasynth.world.identities import bank_id, identity_seeds
 
 SUBJECT = "a photo of sks person"
 DEFAULT_PROMPTS = (
@@ -53,14 +51,52 @@ DEFAULT_PROMPTS = (
     f"{SUBJECT}, blue background",
     f"{SUBJECT}, smiling, red background, wearing glasses",
 )
+# What the prompts add to each domain's subject prompt, in the words its captions use: one plain
+# prompt, one that only names a background, one that names several nuisances and a background.
+PROMPT_NUISANCES = {
+    "faces": ("", "blue background", "smiling, red background, wearing glasses"),
+    "products": ("", "blue background", "tilted left, on a table, red background"),
+}
 SYNTH_METHODS = ("nearest", "lincomb", "diffusion", "optimize")
+# What evaluate reads from a domain's asset folder, in build order: (file, `world build` stages).
+REQUIRED_FILES = (
+    ("embedders/{conditioner}.safetensors", ("embedders",)),
+    ("embedders/{judge}.safetensors", ("embedders",)),
+    ("pipeline/model_index.json", ("vae", "unet")),
+    ("bank/manifest.json", ("bank",)),
+    ("bank/conditions.safetensors", ("conditions",)),
+)
+
+
+def domain_prompts(domain: str | Domain) -> tuple[str, ...]:
+    """The evaluation prompts of a domain: its subject prompt, then with named nuisances."""
+    dom = get_domain(domain)
+    extras = PROMPT_NUISANCES.get(dom.name, ("", "blue background", "red background"))
+    return tuple(f"{dom.subject_prompt}, {e}" if e else dom.subject_prompt for e in extras)
+
+
+def missing_models(domain: str | Domain) -> str | None:
+    """None when the domain's models are built, else one line naming the stage(s) to build."""
+    dom = get_domain(domain)
+    root = dom.root()
+    for pattern, stages in REQUIRED_FILES:
+        path = root / pattern.format(conditioner=dom.conditioner, judge=dom.judge)
+        if not path.is_file():
+            how = " then ".join(
+                f"`lorasynth world build --domain {dom.name} --stage {stage}`" for stage in stages
+            )
+            return (
+                f"the {dom.name} models are not built ({path} is missing): run {how}, "
+                f"or every stage with `lorasynth world build --domain {dom.name}`"
+            )
+    return None
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     identities: int = 200
     methods: tuple[str, ...] = ("base", "nearest", "lincomb", "optimize", "diffusion", "trained")
-    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    prompts: tuple[str, ...] = ()  # empty: the domain's (domain_prompts)
     multi_photos: int = 4  # the second conditioning setting; 0 skips it
     references: int = 8
     gallery: int = 100
@@ -71,11 +107,17 @@ class EvalConfig:
     timing_repeats: int = 20
     ablations: bool = True
     seed: int = 0
+    domain: str = "faces"  # lorasynth.domains: whose subjects, models and judge
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "domain", get_domain(self.domain).name)
+        if not self.prompts:
+            object.__setattr__(self, "prompts", domain_prompts(self.domain))
 
 
 @dataclass
 class EvalModels:
-    """Everything evaluation reads; `shipped()` loads the mini-world's."""
+    """Everything evaluation reads; `shipped(domain)` loads that domain's mini-world models."""
 
     pipe: object
     synth: Synthesizer
@@ -88,24 +130,32 @@ class EvalModels:
     informative_attributes: tuple[str, ...] | None = None
 
     def attribute_columns(self) -> list[int]:
-        from lorasynth.world.attributes import ATTRIBUTE_NAMES
-
-        names = self.informative_attributes or ATTRIBUTE_NAMES
-        return [ATTRIBUTE_NAMES.index(name) for name in names]
+        names = self.domain.attribute_names
+        return [names.index(name) for name in self.informative_attributes or names]
 
     @property
     def layout(self) -> LoraLayout:
         return self.synth.layout
 
+    @property
+    def domain(self) -> Domain:
+        """The subjects' domain: the bank's."""
+        return get_domain(self.synth.domain)
+
     @classmethod
-    def shipped(cls) -> EvalModels:
-        from lorasynth.faces.mini import load_embedder, load_regressor
-        from lorasynth.paths import mini_world_dir
-        from lorasynth.world.build import WORLD
+    def shipped(cls, domain: str | Domain = "faces") -> EvalModels:
+        """The domain's shipped models; a LorasynthError naming the stage to build if absent."""
+        from lorasynth.domains import load_mini_embedder
+        from lorasynth.faces.mini import REGRESSOR_NAME, load_regressor
+        from lorasynth.world.build import WORLDS
         from lorasynth.world.pipeline_io import load_pipeline
 
-        root = mini_world_dir()
-        synth = Synthesizer.load()
+        dom = get_domain(domain)
+        missing = missing_models(dom)
+        if missing:
+            raise LorasynthError(missing)
+        root = dom.root()
+        synth = Synthesizer.load(domain=dom.name)
         heldout = (
             Bank(root / "bank-heldout")
             if (root / "bank-heldout" / "manifest.json").is_file()
@@ -122,10 +172,10 @@ class EvalModels:
                 root / "synthesis" / "lora-vae.safetensors",
             )
         try:
-            regressor = load_regressor()
+            regressor = load_regressor(root / "embedders" / f"{REGRESSOR_NAME}.safetensors")
         except LorasynthError:
             regressor = None
-        record = root / "embedders" / "mini-eval.json"
+        record = root / "embedders" / f"{dom.judge}.json"
         informative = None
         if record.is_file():
             informative = (
@@ -136,11 +186,11 @@ class EvalModels:
         return cls(
             pipe,
             synth,
-            load_embedder("mini-eval"),
+            load_mini_embedder(dom, dom.judge),
             heldout,
             variants,
             regressor,
-            WORLD.bank,
+            WORLDS[dom.name].bank,
             tuple(informative) if informative else None,
         )
 
@@ -158,9 +208,18 @@ class Evaluation:
         from lorasynth.faces.mini import embed_images
 
         self.m, self.cfg, self.out, self.progress = models, config, Path(out), progress
+        self.domain = dom = get_domain(config.domain)
+        check_same_domain(
+            f"bank {models.synth.bank.path}", models.synth.domain, "the evaluation", dom.name
+        )
         if models.eval_embedder.embedder_id == models.synth.embedder.embedder_id:
             raise LorasynthError(
-                "the judging embedder must not be the conditioning embedder (use mini-eval)"
+                f"the judging embedder must not be the conditioning embedder (use {dom.judge})"
+            )
+        if models.heldout is not None and config.identities > len(models.heldout):
+            raise LorasynthError(
+                f"{models.heldout.path}: {len(models.heldout)} held-out {dom.name} subjects, "
+                f"{config.identities} asked for; use --identities {len(models.heldout)} or fewer"
             )
         self.embed = lambda images: embed_images(models.eval_embedder, images)
         self.seeds = identity_seeds("heldout", config.identities)
@@ -168,7 +227,12 @@ class Evaluation:
         refs = np.stack(
             [
                 np.stack(
-                    [im for im, _ in render_identity(s, config.references, EVAL_REFERENCE_PHOTOS)]
+                    [
+                        im
+                        for im, _ in dom.render_identity(
+                            s, config.references, dom.eval_reference_photos
+                        )
+                    ]
                 )
                 for s in gallery_seeds
             ]
@@ -183,7 +247,7 @@ class Evaluation:
         self.reference_embeddings = ref_emb[: config.identities].reshape(-1, ref_emb.shape[-1])
         photos_needed = max(1, config.multi_photos)
         self.photos = [
-            [im for im, _ in render_identity(s, photos_needed, EVAL_CONDITION_PHOTOS)]
+            [im for im, _ in dom.render_identity(s, photos_needed, dom.eval_condition_photos)]
             for s in self.seeds
         ]
 
@@ -297,9 +361,9 @@ class Evaluation:
             from lorasynth.faces.mini import predict_attributes
 
             pred = predict_attributes(self.m.regressor, self.m.eval_embedder, images).numpy()
-            truth = np.stack([identity_attributes(s).as_vector() for s in self.seeds]).repeat(
-                p, axis=0
-            )
+            truth = np.stack(
+                [self.domain.identity_attributes(s).as_vector() for s in self.seeds]
+            ).repeat(p, axis=0)
             scores["attr_error_per_identity"] = (
                 np.abs(pred - truth).mean(1).reshape(n, p).mean(1).tolist()
             )
@@ -346,7 +410,12 @@ class Evaluation:
         images = np.stack(self.photos[0][:photos])[None]
         start = time.perf_counter()
         train_subject_loras(
-            self.m.pipe, self.m.layout, images, [[SUBJECT] * photos], cfg, progress=False
+            self.m.pipe,
+            self.m.layout,
+            images,
+            [[self.domain.subject_prompt] * photos],
+            cfg,
+            progress=False,
         )
         return (time.perf_counter() - start) * 1000
 
@@ -411,7 +480,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    models = models or EvalModels.shipped()
+    models = models or EvalModels.shipped(config.domain)
     ev = Evaluation(models, config, out, progress)
     methods = list(config.methods)
     if "diffusion" in methods:
@@ -434,6 +503,43 @@ def evaluate(
 
     write_report(out, results, ev)
     return results
+
+
+def evaluate_domains(
+    out: str | Path,
+    config: EvalConfig = EvalConfig(),
+    domains: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict[str, dict | str]:
+    """Evaluate each domain into OUT/<domain>/ and write OUT/report.md with every domain's table.
+
+    Each domain's folder is a complete evaluation (results.json, report.md, plots/, cache/), so
+    the issue-6 contract holds per domain and caches of two domains never meet. A domain whose
+    models are not built is named in the combined report with the command that builds it.
+    Domains with fewer held-out subjects than `config.identities` use all of theirs (said in the
+    report). Returns {domain: results, or the line saying it is not built}.
+    """
+    from dataclasses import replace
+
+    from lorasynth.domains import DOMAINS
+    from lorasynth.evaluate.report import write_combined_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    outcome: dict[str, dict | str] = {}
+    for name in domains or list(DOMAINS):
+        missing = missing_models(name)
+        if missing:
+            outcome[name] = missing
+            continue
+        models = EvalModels.shipped(name)
+        n = config.identities
+        if models.heldout is not None:
+            n = min(n, len(models.heldout))
+        cfg = replace(config, domain=name, identities=n, prompts=())
+        outcome[name] = evaluate(out / name, cfg, models, progress)
+    write_combined_report(out, outcome)
+    return outcome
 
 
 def run_ablations(ev: Evaluation, config: EvalConfig, methods: Sequence[str]) -> dict:

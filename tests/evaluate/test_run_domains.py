@@ -1,0 +1,84 @@
+"""Evaluation in a domain: the products domain's models, renderer, prompts and judge, end to end
+on a tiny built products world; `--domain all` and a domain that is not built."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lorasynth.errors import LorasynthError
+from lorasynth.evaluate.run import (
+    DEFAULT_PROMPTS,
+    EvalConfig,
+    EvalModels,
+    evaluate,
+    evaluate_domains,
+    missing_models,
+)
+from lorasynth.world.products import ProductNuisance, product_caption
+from tests.conftest import assert_one_line_error, run_cli
+
+TINY = dict(references=2, gallery=4, image_steps=2, timing_repeats=2, ablations=False)
+
+
+def test_prompts_are_the_domains_caption_words():
+    assert EvalConfig().prompts == DEFAULT_PROMPTS and EvalConfig().domain == "faces"
+    products = EvalConfig(domain="products").prompts
+    assert products[0] == "a photo of sks product"
+    assert products[1] == "a photo of sks product, blue background"
+    nuisance = ProductNuisance(roll_deg=-18.0, table=True, background="red")
+    assert products[2] == product_caption(nuisance, "a photo of sks product")
+    assert EvalConfig(domain="products", prompts=("x",)).prompts == ("x",)
+    with pytest.raises(LorasynthError, match="unknown domain 'cats'"):
+        EvalConfig(domain="cats")
+
+
+def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_path):
+    out = tmp_path / "eval"
+    config = EvalConfig(identities=5, methods=("base", "nearest", "diffusion", "trained"), **TINY)
+    outcome = evaluate_domains(out, config, progress=False)
+
+    # Faces are not built in this world: said, with the stage to build, not fatal.
+    assert "world build --domain faces --stage embedders" in outcome["faces"]
+    saved = json.loads((out / "products" / "results.json").read_text())
+    assert saved["n_identities"] == 2  # all the held-out products there are (5 asked for)
+    cfg = saved["config"]
+    assert cfg["domain"] == "products" and cfg["prompts"][0] == "a photo of sks product"
+    assert cfg["embedder_condition"].startswith("mini-style/")
+    assert cfg["embedder_eval"].startswith("mini-style-eval/")
+    methods = saved["methods"]
+    assert set(methods) == {"base", "nearest", "diffusion", "trained"}  # one prior: the default
+    assert "absent" not in methods["diffusion"] and methods["diffusion"]["latent_bytes"] == 16
+    assert methods["base"]["normalised_fidelity"] == 0.0
+    assert methods["trained"]["normalised_fidelity"] == 1.0
+    assert 0 <= methods["nearest"]["prompt_fidelity"] <= 1
+    assert methods["nearest"]["attr_error"] == methods["nearest"]["attr_error"]  # regressor ran
+
+    domain_report = (out / "products" / "report.md").read_text()
+    assert domain_report.startswith("# lorasynth evaluation (mini-world, products)")
+    assert (out / "products" / "plots" / "grid.png").is_file()
+    report = (out / "report.md").read_text()
+    faces, products = report.split("## faces")[1].split("## products")
+    assert "Not evaluated: the faces models are not built" in faces
+    assert "`lorasynth world build --domain faces --stage embedders`" in faces
+    assert "| nearest |" in products and "(products/report.md)" in products
+    assert "products/plots/grid.png" in products
+
+
+def test_models_of_another_domain_or_absent_are_refused(tiny_products_world, tmp_path):
+    assert missing_models("products") is None
+    with pytest.raises(LorasynthError, match="--domain faces --stage embedders"):
+        EvalModels.shipped("faces")
+    models = EvalModels.shipped("products")
+    assert models.domain.name == "products"
+    assert models.eval_embedder.embedder_id.startswith("mini-style-eval/")
+    with pytest.raises(LorasynthError, match="is domain 'products' but the evaluation is domain"):
+        evaluate(tmp_path / "x", EvalConfig(identities=2, **TINY), models, progress=False)
+    with pytest.raises(LorasynthError, match="2 held-out products subjects, 3 asked for"):
+        evaluate(tmp_path / "x", EvalConfig(identities=3, domain="products", **TINY), models, False)
+
+
+def test_cli_names_the_stage_to_build(tiny_products_world, tmp_path):
+    proc = run_cli("evaluate", "--domain", "faces", "--out", tmp_path / "o", "--identities", "2")
+    assert_one_line_error(proc, "faces models are not built", "--stage embedders")
