@@ -179,3 +179,38 @@ def test_arcface_onnx_needs_and_uses_model_dir(app, tmp_path):
     [row] = json.loads(result.stdout)
     assert len(row["embedding"]) == 512 and row["embedder_id"].startswith("arcface-onnx/")
     assert row["face"]["box"] == [384.0, 192.0, 512.0, 320.0]
+
+
+# ---- domains ---------------------------------------------------------------------------------
+def test_products_default_to_their_conditioning_embedder(app, tmp_path, tiny_products_world):
+    from lorasynth.domains import PRODUCTS
+    from lorasynth.world.render_products import render_product_identity
+
+    images = [image for image, _ in render_product_identity(100_000, 2, 2)]
+    paths = []
+    for k, image in enumerate(images):
+        paths.append(tmp_path / f"product-{k}.png")
+        Image.fromarray(image).save(paths[-1])
+    result = CliRunner().invoke(app, ["embed", *map(str, paths), "--domain", "products", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    model = load_embedder(PRODUCTS.embedder_path("mini-style"))
+    assert all(row["embedder_id"] == model.embedder_id for row in rows)
+    torch.testing.assert_close(
+        torch.tensor([row["embedding"] for row in rows]), embed_images(model, np.stack(images))
+    )
+    # A faces embedder in the products domain is refused.
+    faces = tmp_path / "mini-arcface.safetensors"
+    save_embedder(MiniEmbedder(EmbedderConfig("mini-arcface", "plain", (4, 8), (1, 1), 8)), faces)
+    args = ["embed", str(paths[0]), "--domain", "products", "--embedder", str(faces)]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, LorasynthError)
+    assert "is domain 'faces' but --domain is domain 'products'" in str(result.exception)
+
+
+def test_a_domain_not_built_names_the_stage(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORASYNTH_ASSETS", str(tmp_path / "assets"))
+    photo = write_photos(tmp_path, [9_000_000])[0]
+    result = CliRunner().invoke(app, ["embed", str(photo), "--domain", "products"])
+    assert isinstance(result.exception, LorasynthError)
+    assert "world build --domain products --stage embedders" in str(result.exception)

@@ -1,4 +1,8 @@
-"""`lorasynth embed PHOTO...`: one L2-normalised face embedding per photo, in order."""
+"""`lorasynth embed PHOTO...`: one L2-normalised subject embedding per photo, in order.
+
+With `--domain products` the default embedder is that domain's conditioning embedder
+(`mini-style`, from assets/mini-world/products/embedders/); faces stay the default domain.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,13 @@ def embed(
         list[Path], typer.Argument(help="Face photos (JPEG, PNG, WebP or BMP; type from content).")
     ],
     embedder: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="mini-arcface, mini-eval (mini-world renders), dlib (real photos), "
+            help="Default: the domain's conditioning embedder (faces: mini-arcface, products: "
+            "mini-style). Also mini-eval / mini-style-eval (the judges), dlib (real photos), "
             "arcface-onnx (with --model-dir), or a mini embedder .safetensors path."
         ),
-    ] = "mini-arcface",
+    ] = None,
     model_dir: Annotated[
         Path | None,
         typer.Option(
@@ -43,11 +48,12 @@ def embed(
             'or with --mean {"embedder_id", "paths", "embedding"}.',
         ),
     ] = False,
+    domain: Annotated[str, typer.Option(help="Subject domain: faces or products.")] = "faces",
 ) -> None:
-    """Detect, align and embed the face in each photo (several faces: the largest)."""
-    from lorasynth.faces import load_face_embedder, mean_embedding
+    """Embed the subject of each photo (faces: detected and aligned; several faces: the largest)."""
+    from lorasynth.faces import mean_embedding
 
-    model = load_face_embedder(str(embedder), model_dir)
+    model = _load(domain, embedder, model_dir)
     # Every photo is read and its face found before the result is printed: one bad photo fails
     # the whole call.
     results = model.analyse(photos, face_index)
@@ -70,6 +76,30 @@ def embed(
         for result in results:
             typer.echo(f"{result.photo}\t" + " ".join(f"{v:.6f}" for v in result.embedding))
     typer.echo(f"{len(photos)} photo(s), {model.embedder_id}", err=True)
+
+
+def _load(domain: str, embedder: str | None, model_dir: Path | None):
+    """The embedder by name in `domain` (a domain's bare mini names come from its folder);
+    one trained for another domain is refused."""
+    from lorasynth.domains import check_same_domain, embedder_domain, get_domain
+    from lorasynth.errors import LorasynthError
+    from lorasynth.faces import load_face_embedder
+
+    dom = get_domain(domain)
+    name = embedder or dom.conditioner
+    if dom.asset_subdir and name in dom.embedders:
+        path = dom.embedder_path(name)
+        if not path.is_file():
+            raise LorasynthError(
+                f"{path}: no such embedder file; build it with "
+                f"`lorasynth world build --domain {dom.name} --stage embedders`"
+            )
+        name = str(path)
+    model = load_face_embedder(name, model_dir)
+    made_for = embedder_domain(model.embedder_id)
+    if made_for is not None:
+        check_same_domain(f"embedder {model.embedder_id}", made_for, "--domain", dom.name)
+    return model
 
 
 def register(app: typer.Typer) -> None:
