@@ -67,6 +67,26 @@ class Api:
         return self.client.app.state.worker
 
 
+def fresh_db_url() -> str | None:
+    """A new, empty PostgreSQL database when LORASYNTH_TEST_PG is a server URL (e.g.
+    postgresql+psycopg://postgres@127.0.0.1:5432/postgres), else None (SQLite in the data
+    folder). The API tests then run on PostgreSQL: see service/README.md."""
+    import os
+    import uuid
+
+    server = os.environ.get("LORASYNTH_TEST_PG")
+    if not server:
+        return None
+    from sqlalchemy import create_engine, make_url, text
+
+    name = f"lorasynth_test_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(server).set(database=name).render_as_string(hide_password=False)
+
+
 def make_api(tmp_path, synth, clock=None, previewer=None, config=None, start_worker=False):
     from fastapi.testclient import TestClient
 
@@ -75,6 +95,7 @@ def make_api(tmp_path, synth, clock=None, previewer=None, config=None, start_wor
     kwargs = {"clock": clock} if clock else {}
     app = create_app(
         tmp_path / "data",
+        fresh_db_url(),
         synthesizer_factory=lambda: synth,
         previewer=previewer,
         config=config,
