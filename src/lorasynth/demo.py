@@ -1,9 +1,12 @@
-"""`make demo` / `lorasynth demo`: zero-shot LoRAs for held-out mini-world faces, in minutes.
+"""`make demo` / `lorasynth demo`: zero-shot LoRAs for held-out mini-world subjects, in minutes.
 
 With the shipped mini-world (assets/mini-world: pipeline, embedders, bank, priors) it takes a
 handful of held-out identities, synthesizes each one's LoRA from one photo with every method,
-generates images with three prompts, and writes DEMO/report.md and DEMO/grid.png. Without it
-(a checkout whose `world build` has not run), it shows the foundation instead:
+generates images with three prompts, and writes DEMO/report.md and DEMO/grid.png. Every other
+built domain (products: assets/mini-world/products/) follows with a few subjects of its own in
+DEMO/<domain>/ (a section of DEMO/report.md); a domain not built is one line saying how to build
+it. Without any built domain (a checkout whose `world build` has not run), it shows the
+foundation instead:
 
 1. The Stable Diffusion 1.5 UNet's `w2w` layout (built from its config on the meta device).
 2. A folder of LoRAs in diffusers, kohya and PEFT files, random but at real SD1.5 shapes,
@@ -87,35 +90,78 @@ def write_peft(folder: Path, lora: LoraFile) -> None:
     (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": alpha}))
 
 
+# Domains after faces show fewer subjects and skip `optimize` (seconds a subject), so the demo
+# stays within 5 minutes on 2 cores with every domain built.
+OTHER_DOMAIN_IDENTITIES = 4
+OTHER_DOMAIN_METHODS = ("base", "nearest", "lincomb", "diffusion", "trained")
+
+
+def domains_not_built() -> dict[str, str | None]:
+    """Each domain -> None when its models are built, else the line saying how to build them."""
+    from lorasynth.domains import DOMAINS
+    from lorasynth.evaluate.run import missing_models
+
+    return {name: missing_models(name) for name in DOMAINS}
+
+
 def mini_world_ready() -> bool:
-    from lorasynth.paths import mini_world_dir
-
-    root = mini_world_dir()
-    needed = [
-        "pipeline/model_index.json",
-        "bank/manifest.json",
-        "bank/conditions.safetensors",
-        "embedders/mini-arcface.safetensors",
-        "embedders/mini-eval.safetensors",
-    ]
-    return all((root / rel).is_file() for rel in needed)
+    """Whether any domain's models are built (the faces mini-world or another)."""
+    return any(line is None for line in domains_not_built().values())
 
 
-def mini_world_demo(out: Path, identities: int = 8) -> None:
+def mini_world_demo(out: Path, identities: int = 8, config: dict | None = None) -> None:
+    """Faces into OUT (report.md, grid.png), every other built domain into OUT/<domain>/, each
+    a section of OUT/report.md. `config`: EvalConfig overrides for every domain (tests)."""
+    from lorasynth.evaluate.run import EvalConfig, EvalModels, evaluate
+
+    sections = []  # what OUT/report.md adds after the faces report
+    for name, missing in domains_not_built().items():
+        if missing:
+            print(f"\n{name}: not built, not shown ({missing})")
+            sections.append(f"## {name}\n\nNot shown: {missing}.\n")
+            continue
+        faces = name == "faces"
+        models = EvalModels.shipped(name)
+        n = identities if faces else min(identities, OTHER_DOMAIN_IDENTITIES)
+        if models.heldout is not None:
+            n = min(n, len(models.heldout))
+        say(f"{name}: zero-shot LoRAs for {n} held-out mini-world subjects (one photo each)")
+        overrides = {"ablations": False, "timing_repeats": 5, "gallery": 100, **(config or {})}
+        if not faces:
+            overrides.setdefault("methods", OTHER_DOMAIN_METHODS)
+        folder = out if faces else out / name
+        results = evaluate(folder, EvalConfig(identities=n, domain=name, **overrides), models)
+        _show(folder, results)
+        if not faces:
+            sections.append(_section(name, results))
+    report = out / "report.md"  # the faces report when faces are built
+    head = report.read_text() if report.is_file() else "# lorasynth demo (mini-world)\n"
+    report.write_text(head.rstrip("\n") + "\n\n" + "\n".join(sections))
+    print(f"\nreport: {report}")
+
+
+def _show(folder: Path, results: dict) -> None:
+    """Print a domain's table and where its picture grid is (copied to FOLDER/grid.png)."""
     from lorasynth.evaluate.report import table
-    from lorasynth.evaluate.run import EvalConfig, evaluate
 
-    say(f"zero-shot LoRAs for {identities} held-out mini-world identities (one photo each)")
-    config = EvalConfig(identities=identities, ablations=False, timing_repeats=5, gallery=100)
-    results = evaluate(out, config)
-    grid = out / "plots" / "grid.png"
+    grid = folder / "plots" / "grid.png"
+    columns = grid.with_suffix(".txt")
     if grid.is_file():
-        shutil.copyfile(grid, out / "grid.png")
-    rows = {name: row for name, row in results["methods"].items()}
+        shutil.copyfile(grid, folder / "grid.png")
     print()
-    print(table(rows))
-    print(
-        f"\nreport: {out / 'report.md'}  |  pictures: {out / 'grid.png'} (columns: {(grid.with_suffix('.txt')).read_text().strip() if grid.with_suffix('.txt').is_file() else ''})"
+    print(table(results["methods"]))
+    names = columns.read_text().strip() if columns.is_file() else ""
+    print(f"\n{results['config']['domain']} pictures: {folder / 'grid.png'} ({names})")
+
+
+def _section(name: str, results: dict) -> str:
+    """A domain's section of DEMO/report.md (its own report is in DEMO/<name>/)."""
+    from lorasynth.evaluate.report import table
+
+    return (
+        f"## {name}\n\n{results['n_identities']} held-out {name} subjects, one photo each "
+        f"(full report: [{name}/report.md]({name}/report.md)).\n\n"
+        f"{table(results['methods'])}\n\n![{name} grid]({name}/grid.png)\n"
     )
 
 
