@@ -99,3 +99,54 @@ def test_erasure_during_synthesis_leaves_no_blob(api, clock, monkeypatch):
     assert api.worker.run_once()  # finishes after the erasure: must not keep what it made
     assert svc.blobs.all() == []
     assert api.call("GET", f"/v1/loras/{lid}").status_code == 404
+
+
+def test_free_text_reasons_do_not_outlive_the_subject(api, clock):
+    """A reviewer's reason may name the person: it stays on the LoRA row (erased), never in
+    the audit log that outlives erasure."""
+    sid = api.call(
+        "POST", "/v1/subjects", "creator", json={"display_name": NAME, "consent": consent(clock)}
+    ).json()["id"]
+    lid = made_lora(api, sid)
+    reason = f"{NAME} asked us to withdraw it"
+    r = api.call("POST", f"/v1/loras/{lid}/revoke", "reviewer", json={"reason": reason})
+    assert r.json()["reason"] == reason
+    assert api.call("DELETE", f"/v1/subjects/{sid}").status_code == 204
+    events = api.call("GET", "/v1/audit").json()["events"]
+    assert "Zebulon" not in str(events)
+    assert [e["detail"]["reason"] for e in events if e["action"] == "lora.revoked"] == [
+        "given by the reviewer"
+    ]
+
+
+def test_erasure_is_replayed_after_restoring_an_older_backup(api, clock):
+    """The erasure log outside the database re-applies erasures a restored backup undid."""
+    import sqlite3
+
+    from lorasynth.service.core import Service
+
+    sid = api.call(
+        "POST", "/v1/subjects", "creator", json={"display_name": NAME, "consent": consent(clock)}
+    ).json()["id"]
+    assert upload(api, sid).status_code == 201
+    svc = api.svc
+    db_file = svc.data_dir / "lorasynth.db"
+    backup = svc.data_dir.parent / "backup.db"
+    with sqlite3.connect(db_file) as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)  # taken before the erasure
+    assert api.call("DELETE", f"/v1/subjects/{sid}").status_code == 204
+    assert sid in svc.erasure_log.read_text() and NAME not in svc.erasure_log.read_text()
+    api.client.__exit__(None, None, None)
+    svc.db.dispose()
+    for suffix in ("-wal", "-shm"):
+        db_file.with_name(db_file.name + suffix).unlink(missing_ok=True)
+    db_file.write_bytes(backup.read_bytes())  # the restore brings the subject back ...
+    restored = Service(svc.data_dir, synthesizer_factory=lambda: svc.synth.get(), clock=clock)
+    admin = restored.authenticate(api.keys["admin"])
+    assert restored.get_subject(admin, sid)["display_name"] == NAME
+    assert restored.recover()["reerased"] == 1  # ... and start-up erases it again
+    assert [x["id"] for x in restored.list_subjects(admin)] == []
+    assert restored.recover()["reerased"] == 0
+    assert NAME.encode() not in db_file.read_bytes()
+    events = restored.audit_log(admin)
+    assert events[0]["action"] == "subject.erased" and events[0]["actor"] == "system:erasure-replay"

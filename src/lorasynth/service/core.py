@@ -121,6 +121,9 @@ class Service:
         self.blob_lock = threading.RLock()  # blob put/delete vs. the rows that reference them
         self.on_lora_change: Callable[[str], None] = lambda _id: None  # worker wake-up hook
         self.secret = _secret(self.data_dir / "secret.key")  # signs download links
+        # Erased subject ids (no personal data), outside the database: an erasure is applied
+        # again at start-up if the database was restored from a backup taken before it.
+        self.erasure_log = self.data_dir / "erasures.jsonl"
 
     # ---- start-up and housekeeping -------------------------------------------------------
     def recover(self) -> dict:
@@ -131,11 +134,45 @@ class Service:
             ).rowcount
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        reerased = self.replay_erasures()
         with self.blob_lock, self.db.session() as s:
             removed = self.blobs.sweep(self._referenced(s))
-        if requeued or removed:
-            log.info("recovered", extra={"requeued": requeued, "orphan_blobs": len(removed)})
-        return {"requeued": requeued, "orphan_blobs": len(removed)}
+        counts = {"requeued": requeued, "orphan_blobs": len(removed), "reerased": reerased}
+        if any(counts.values()):
+            log.info("recovered", extra=counts)
+        return counts
+
+    def replay_erasures(self) -> int:
+        """Erase again every subject in the erasure log that the database still holds (it was
+        restored from a backup older than the erasure); returns how many."""
+        import json
+
+        if not self.erasure_log.is_file():
+            return 0
+        done = 0
+        for line in self.erasure_log.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError):
+                entry = json.loads(line)
+                with self.db.read() as s:
+                    subject = s.get(Subject, entry["subject_id"])
+                    present = subject is not None and subject.tenant_id == entry["tenant_id"]
+                if present:
+                    who = Principal("restore", entry["tenant_id"], "admin")
+                    self.erase_subject(who, entry["subject_id"], "system:erasure-replay", log=False)
+                    done += 1
+        return done
+
+    def _log_erasure(self, tenant_id: str, subject_id: str) -> None:
+        import json
+        import os
+
+        line = json.dumps(
+            {"subject_id": subject_id, "tenant_id": tenant_id, "at": _iso(self.now())}
+        )
+        with open(self.erasure_log, "a") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def _referenced(self, s: Session) -> set[str]:
         refs = set(s.scalars(select(Photo.blob_sha256).where(Photo.blob_sha256.is_not(None))))
@@ -561,9 +598,10 @@ class Service:
         lora.status = "revoked"
         lora.reason = reason
         lora.updated_at = self.now()
-        self.audit(
-            s, lora.tenant_id, actor, "lora.revoked", "lora", lora.id, was=was, reason=reason
-        )
+        # A person's free-text reason stays on the LoRA row (erased with the subject); the
+        # audit log, which outlives erasure, keeps only the system's own fixed reasons.
+        why = reason if actor.startswith("system:") else "given by the reviewer"
+        self.audit(s, lora.tenant_id, actor, "lora.revoked", "lora", lora.id, was=was, reason=why)
         if was == "approved":
             self.emit(s, lora, "lora.revoked")
         return self._drop_files(lora)
@@ -766,10 +804,15 @@ class Service:
             "next": ids[-1] if len(ids) == limit else None,
         }
 
-    def erase_subject(self, p: Principal, subject_id: str, actor: str | None = None) -> dict:
-        """Delete every row and blob about a subject; leave a tombstone without personal data."""
+    def erase_subject(
+        self, p: Principal, subject_id: str, actor: str | None = None, log: bool = True
+    ) -> dict:
+        """Delete every row and blob about a subject; leave a tombstone without personal data
+        (in the audit log, and the id in the erasure log)."""
         with self.db.session() as s:
             subject = self._subject(s, p, subject_id)
+            if log:  # first: an erasure cut short by a crash is completed at start-up
+                self._log_erasure(p.tenant_id, subject.id)
             photos, loras = self._photos(s, subject.id), self._loras(s, subject.id)
             shas = {x.blob_sha256 for x in photos if x.blob_sha256}
             for lora in loras:
