@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import numpy as np
 from sqlalchemy import func, select
 
@@ -46,6 +49,8 @@ def test_export_then_erase_leaves_nothing(api, clock, tmp_path):
     assert export["display_name"] == NAME and len(export["photos"]) == 2
     assert export["loras"][0]["status"] == "approved" and export["loras"][0]["blob_sha256"]
     assert all(x["png_base64"] for x in export["photos"])  # kept photos are exported too
+    lora_file = base64.b64decode(export["loras"][0]["diffusers_base64"])
+    assert hashlib.sha256(lora_file).hexdigest() == export["loras"][0]["blob_sha256"]
     embedding = np.asarray(export["photos"][0]["embedding"], dtype="<f4")
     assert abs(float(np.linalg.norm(embedding)) - 1) < 1e-4
     assert {e["action"] for e in export["audit"]} >= {"subject.created", "photo.added"}

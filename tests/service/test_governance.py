@@ -161,6 +161,14 @@ def test_idempotency_key_replays_and_conflicts(api, clock):
         "POST", f"/v1/subjects/{sid}/loras", "creator", json={"method": "nearest"}, headers=h3
     )
     assert l1.status_code == l2.status_code == 202 and l1.json() == l2.json()
+    # Every POST: a retried review gets the first answer, not "already reviewed".
+    api.worker.run_once()
+    url, h4 = f"/v1/loras/{l1.json()['lora_id']}/review", {"Idempotency-Key": "review-1"}
+    r1 = api.call("POST", url, "reviewer", json={"decision": "approve"}, headers=h4)
+    r2 = api.call("POST", url, "reviewer", json={"decision": "approve"}, headers=h4)
+    assert r1.status_code == r2.status_code == 200 and r2.headers["idempotent-replayed"] == "true"
+    r3 = api.call("POST", url, "reviewer", json={"decision": "approve"})  # no key: a new request
+    assert r3.status_code == 409 and r3.json()["type"] == "/problems/bad-state"
 
 
 def test_overload_answers_503_and_429_with_retry_after(tmp_path, tiny_synth, clock):

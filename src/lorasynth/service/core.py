@@ -732,6 +732,12 @@ class Service:
                 item = self._lora_json(x)
                 item["blob_sha256"], item["preview_sha256"] = x.blob_sha256, x.preview_sha256
                 item["kohya_sha256"] = x.kohya_sha256
+                # The LoRA file (an identity LoRA is biometric data) whatever its status.
+                item["diffusers_base64"] = (
+                    base64.b64encode(self.blobs.get(x.blob_sha256)).decode()
+                    if x.blob_sha256
+                    else None
+                )
                 loras.append(item)
             ids = [subject.id] + [x["photo_id"] for x in photos] + [x["lora_id"] for x in loras]
             events = s.scalars(

@@ -259,7 +259,8 @@ async function uploadPhotos(event) {
     try {
       const r = await uploadOne(file);
       done += 1;
-      $("#upload-status").textContent = `${done}/${files.length} uploaded (faces found: ${r.faces_found})`;
+      const notes = (r.warnings || []).length ? ` — ${r.warnings.join("; ")}` : "";
+      $("#upload-status").textContent = `${done}/${files.length} uploaded (faces found: ${r.faces_found})${notes}`;
     } catch (err) { showError("#detail-error", err); }
   }
   bar.value = 100;
