@@ -75,6 +75,7 @@ def test_evaluate_writes_results_report_and_plots(tiny_pipeline, tmp_path):
 
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["n_identities"] == 3
+    assert saved["config"]["domain"] == "faces"  # the default domain, recorded
     for name in ("base", "nearest", "lincomb", "trained"):
         assert saved["methods"][name].keys() >= KEYS, name
     assert saved["methods"]["diffusion"] == {"absent": True}  # no prior given: said, not trained

@@ -82,3 +82,24 @@ def test_models_of_another_domain_or_absent_are_refused(tiny_products_world, tmp
 def test_cli_names_the_stage_to_build(tiny_products_world, tmp_path):
     proc = run_cli("evaluate", "--domain", "faces", "--out", tmp_path / "o", "--identities", "2")
     assert_one_line_error(proc, "faces models are not built", "--stage embedders")
+
+
+def test_cli_domain_all(tiny_products_world, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from lorasynth.cli.evaluate import register
+
+    app = typer.Typer()
+    app.callback()(lambda: None)  # keeps `evaluate` a sub-command, as in the real app
+    register(app)
+    out = tmp_path / "all"
+    args = ["evaluate", "--out", str(out), "--domain", "all", "--identities", "2"]
+    args += ["--methods", "base,nearest", "--no-ablations"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "faces: not evaluated: the faces models are not built" in result.stderr
+    assert "products: 2 identities in" in result.stderr
+    assert f"every domain's table: {out / 'report.md'}" in result.stderr
+    saved = json.loads((out / "products" / "results.json").read_text())
+    assert list(saved["methods"]) == ["base", "nearest"] and saved["config"]["domain"] == "products"
