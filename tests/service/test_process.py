@@ -259,3 +259,15 @@ def _get(url):
         return httpx.get(url).json()
     except httpx.HTTPError:
         return None
+
+
+def test_bounded_load_loses_nothing():
+    """benchmarks/bench_service.py at a small size: concurrent clients against a real server
+    process; every acknowledged subject and LoRA is there afterwards, and no request fails
+    except by the documented 429/503 shedding."""
+    from benchmarks import bench_service
+
+    result = bench_service.main(clients=16, seconds=2.0)
+    assert result["lost"] == 0
+    unexpected = {k: v for k, v in result["errors"].items() if k not in (429, 503)}
+    assert unexpected == {}, result["errors"]
