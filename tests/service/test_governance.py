@@ -106,6 +106,8 @@ def test_quality_gate_rejects_outliers_and_can_auto_approve(api, clock, monkeypa
     info = api.call("GET", f"/v1/loras/{lid}").json()
     assert info["status"] == "rejected" and "standard deviations" in info["reason"]
     assert info["quality"]["norm_z"] > 4 and info["quality"]["checks_failed"]
+    assert api.call("GET", f"/v1/loras/{lid}/file", "admin").status_code == 409  # not approved
+    assert api.call("GET", f"/v1/loras/{lid}/file", "consumer").status_code == 404
     monkeypatch.setattr(synth, "vectors_for", lambda *a, **k: inner(*a, **k) * float("nan"))
     r = api.call("POST", f"/v1/subjects/{sid}/loras", "creator", json={"method": "nearest"})
     api.worker.run_once()
