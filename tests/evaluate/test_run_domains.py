@@ -84,7 +84,7 @@ def test_cli_names_the_stage_to_build(tiny_products_world, tmp_path):
     assert_one_line_error(proc, "faces models are not built", "--stage embedders")
 
 
-def test_cli_domain_all(tiny_products_world, tmp_path):
+def test_cli_domain_all_and_default_identities(tiny_products_world, tmp_path):
     import typer
     from typer.testing import CliRunner
 
@@ -103,3 +103,11 @@ def test_cli_domain_all(tiny_products_world, tmp_path):
     assert f"every domain's table: {out / 'report.md'}" in result.stderr
     saved = json.loads((out / "products" / "results.json").read_text())
     assert list(saved["methods"]) == ["base", "nearest"] and saved["config"]["domain"] == "products"
+
+    # One domain, no --identities: all its held-out subjects when it has fewer than 200.
+    one = tmp_path / "one"
+    args = ["evaluate", "--out", str(one), "--domain", "products", "--methods", "base"]
+    result = CliRunner().invoke(app, [*args, "--no-ablations"])
+    assert result.exit_code == 0, result.output
+    assert "evaluated 2 products identities" in result.stderr
+    assert json.loads((one / "results.json").read_text())["n_identities"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +12,14 @@ import typer
 def evaluate(
     out: Annotated[Path, typer.Option(help="Output folder: results.json, report.md, plots/.")],
     identities: Annotated[
-        int, typer.Option(min=1, max=300, help="Held-out identities (200+ for the reported table).")
-    ] = 200,
+        int | None,
+        typer.Option(
+            min=1,
+            max=300,
+            help="Held-out identities (200+ for the reported table). Default: 200, or all of a "
+            "domain's held-out subjects when it has fewer (products: 100).",
+        ),
+    ] = None,
     methods: Annotated[
         str,
         typer.Option(
@@ -33,11 +40,16 @@ def evaluate(
 ) -> None:
     """Score every method (ID similarity, fidelity, top-1, attributes, prompts, Frechet, time, bytes)."""
     from lorasynth.domains import get_domain
-    from lorasynth.evaluate.run import EvalConfig, evaluate_domains
+    from lorasynth.evaluate.run import (
+        EvalConfig,
+        EvalModels,
+        available_identities,
+        evaluate_domains,
+    )
     from lorasynth.evaluate.run import evaluate as run_evaluation
 
     config = EvalConfig(
-        identities=identities,
+        identities=identities or 200,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         seed=seed,
         ablations=ablations,
@@ -56,9 +68,12 @@ def evaluate(
                 )
         typer.echo(f"every domain's table: {out / 'report.md'}", err=True)
         return
-    results = run_evaluation(out, config)
+    models = EvalModels.shipped(config.domain)
+    if identities is None:
+        config = replace(config, identities=available_identities(models, config.identities))
+    results = run_evaluation(out, config, models)
     typer.echo(
-        f"evaluated {identities} {config.domain} identities in {results['seconds']:,.0f} s; "
+        f"evaluated {config.identities} {config.domain} identities in {results['seconds']:,.0f} s; "
         f"report: {out / 'report.md'}",
         err=True,
     )

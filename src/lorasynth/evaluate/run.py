@@ -505,6 +505,11 @@ def evaluate(
     return results
 
 
+def available_identities(models: EvalModels, wanted: int) -> int:
+    """`wanted`, or fewer when the held-out bank has fewer subjects (products: 100)."""
+    return wanted if models.heldout is None else min(wanted, len(models.heldout))
+
+
 def evaluate_domains(
     out: str | Path,
     config: EvalConfig = EvalConfig(),
@@ -533,9 +538,7 @@ def evaluate_domains(
             outcome[name] = missing
             continue
         models = EvalModels.shipped(name)
-        n = config.identities
-        if models.heldout is not None:
-            n = min(n, len(models.heldout))
+        n = available_identities(models, config.identities)
         cfg = replace(config, domain=name, identities=n, prompts=())
         outcome[name] = evaluate(out / name, cfg, models, progress)
     write_combined_report(out, outcome)
