@@ -87,11 +87,15 @@ def register(app: typer.Typer) -> None:
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder (report.md, grid.png).")] = Path("demo"),
     identities: Annotated[
-        int, typer.Option(min=1, max=50, help="Held-out identities to show.")
+        int,
+        typer.Option(
+            min=1, max=50, help="Held-out faces to show (other built domains: at most 4 subjects)."
+        ),
     ] = 8,
     foundation: Annotated[bool, typer.Option(help="Show the foundation demo instead.")] = False,
 ) -> None:
-    """The whole idea in minutes: LoRAs from one photo, images, a table and a picture."""
+    """The whole idea in minutes: LoRAs from one photo, images, a table and a picture, for
+    every built domain (faces, then products); a domain not built is one line saying how."""
     from lorasynth.demo import run
 
     run(out, identities=identities, foundation=foundation)
