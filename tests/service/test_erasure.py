@@ -155,3 +155,23 @@ def test_erasure_is_replayed_after_restoring_an_older_backup(api, clock):
     assert NAME.encode() not in db_file.read_bytes()
     events = restored.audit_log(admin)
     assert events[0]["action"] == "subject.erased" and events[0]["actor"] == "system:erasure-replay"
+
+
+def test_erasure_during_an_upload_keeps_no_copy_of_the_photo(api, clock, monkeypatch):
+    """Photos kept on disk: a subject erased while its photo is being embedded leaves no blob."""
+    import lorasynth.service.core as core
+
+    assert api.call("PUT", "/v1/policy", json={"photo_retention_days": 30}).status_code == 200
+    sid = api.call(
+        "POST", "/v1/subjects", "creator", json={"display_name": NAME, "consent": consent(clock)}
+    ).json()["id"]
+    admin = api.svc.authenticate(api.keys["admin"])
+    inner = core.embed_photo
+
+    def erase_meanwhile(synth, pixels):
+        api.svc.erase_subject(admin, sid)
+        return inner(synth, pixels)
+
+    monkeypatch.setattr(core, "embed_photo", erase_meanwhile)
+    assert upload(api, sid).status_code == 404
+    assert api.svc.blobs.all() == []

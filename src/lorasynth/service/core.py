@@ -36,7 +36,7 @@ from lorasynth.service.models import (
     Tenant,
     utcnow,
 )
-from lorasynth.service.photos import decode_photo, embed_photo
+from lorasynth.service.photos import DecodedPhoto, PhotoEmbedding, decode_photo, embed_photo
 from lorasynth.service.policy import TenantPolicy, consent_problem
 from lorasynth.service.problems import Problem
 from lorasynth.service.storage import BlobStore
@@ -410,32 +410,46 @@ class Service:
         photo = decode_photo(data, self.config.max_pixels, self.config.max_body_bytes)
         synth = self.synth.get()
         found = embed_photo(synth, photo.pixels)
-        embedding = found.embedding
         embedder_id = getattr(synth.embedder, "embedder_id", None) or "unknown"
         with self.blob_lock:
             sha = self.blobs.put(photo.png()) if policy.photo_retention_days > 0 else None
-            with self.db.session() as s:
-                subject = self._subject(s, p, subject_id)  # it may have been erased meanwhile
-                self._require_consent(subject, "synthesis")
-                row = Photo(
-                    tenant_id=p.tenant_id,
-                    subject_id=subject.id,
-                    blob_sha256=sha,
-                    width=photo.width,
-                    height=photo.height,
-                    faces_found=found.faces_found,
-                    embedding=embedding.tobytes(),
-                    embedder_id=embedder_id,
-                    created_at=self.now(),
-                )
-                s.add(row)
-                s.flush()
-                self.audit(
-                    s, p.tenant_id, p.actor, "photo.added", "photo", row.id, subject=subject.id
-                )
-                photo_id = row.id
+            try:
+                photo_id = self._insert_photo(p, subject_id, sha, photo, found, embedder_id)
+            except BaseException:  # erased or consent withdrawn meanwhile: keep no copy
+                if sha:
+                    self.release_blobs({sha})
+                raise
         self.metrics.photos.inc()
         return {"photo_id": photo_id, "faces_found": found.faces_found, "warnings": found.warnings}
+
+    def _insert_photo(
+        self,
+        p: Principal,
+        subject_id: str,
+        sha: str | None,
+        photo: DecodedPhoto,
+        found: PhotoEmbedding,
+        embedder_id: str,
+    ) -> str:
+        """The photo's row (committed, its id returned) if the subject still may be processed."""
+        with self.db.session() as s:
+            subject = self._subject(s, p, subject_id)  # it may have been erased meanwhile
+            self._require_consent(subject, "synthesis")
+            row = Photo(
+                tenant_id=p.tenant_id,
+                subject_id=subject.id,
+                blob_sha256=sha,
+                width=photo.width,
+                height=photo.height,
+                faces_found=found.faces_found,
+                embedding=found.embedding.tobytes(),
+                embedder_id=embedder_id,
+                created_at=self.now(),
+            )
+            s.add(row)
+            s.flush()
+            self.audit(s, p.tenant_id, p.actor, "photo.added", "photo", row.id, subject=subject.id)
+            return row.id
 
     def _require_consent(self, subject: Subject, scope: str) -> None:
         reason = consent_problem(subject, scope, self.now())
