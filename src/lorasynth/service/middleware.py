@@ -1,6 +1,6 @@
 """ASGI middleware, outermost first: access log + metrics, concurrency limit (503), per-key
-rate limit (429), request-body limit (413, answered after draining the body so the client
-reads it instead of a reset connection) and Idempotency-Key replay for POST."""
+rate limit (429), request-body limit (413, answered after draining the body, for up to 30 s,
+so the client reads it instead of a reset connection) and Idempotency-Key replay for POST."""
 
 from __future__ import annotations
 
@@ -151,7 +151,9 @@ class BodyAndIdempotency:
 
     def __init__(self, app, service: Service, max_bytes: int) -> None:
         self.app, self.service, self.max_bytes = app, service, max_bytes
-        self.drain_cap = max(4 * max_bytes, 64 * 1024 * 1024)
+        # An oversized body is read and dropped, so the client (still sending) reads the 413
+        # instead of a reset connection; a client slower than this gets the reset.
+        self.drain_s = 30.0
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -162,6 +164,7 @@ class BodyAndIdempotency:
         # server sends 100 only once the body is read, which this does not do).
         waiting = (_header(scope, b"expect") or "").lower() == "100-continue"
         chunks, size, more = [], 0, not (too_big and waiting)
+        started = time.monotonic()
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -172,7 +175,7 @@ class BodyAndIdempotency:
             if size > self.max_bytes:
                 too_big = True
             if too_big:
-                if size > self.drain_cap:
+                if time.monotonic() - started > self.drain_s:
                     break  # stop reading; the answer still goes out before the close
                 continue
             chunks.append(chunk)
