@@ -78,22 +78,35 @@ def test_full_flow_in_the_browser(tmp_path, tiny_synth):
         page.screenshot(path=shots / "02-consent-form.png")
         page.click("#subject-form button[type=submit]")
         expect(page.locator("#subject-name")).to_have_text("Grace Hopper-Test")
+        # A file that is no photo: the loader's reason is shown, nothing is stored.
+        page.set_input_files(
+            "#photo-input",
+            files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a photo"}],
+        )
+        expect(page.locator("#detail-error")).to_contain_text("not a readable image")
         page.set_input_files("#photo-input", str(photo))
         expect(page.locator("#upload-status")).to_contain_text("1/1 uploaded")
         page.click("#lora-form button")
         expect(page.get_by_test_id("lora-status").first).to_have_text("in review")
+        page.click("#lora-form button")  # a second version, for the reviewer to reject
+        expect(page.get_by_test_id("lora-status")).to_have_text(["in review", "in review"])
         expect(page.get_by_test_id("preview").first).to_be_visible()
         page.screenshot(path=shots / "03-creator-lora-in-review.png")
 
         # Reviewer: the queue, with preview and metrics; approve.
         sign_in("reviewer")
         page.click("[data-tab=review]")
-        card = page.locator("#tab-review").get_by_test_id("lora-card")
-        expect(card).to_have_count(1)
+        cards = page.locator("#tab-review").get_by_test_id("lora-card")
+        expect(cards).to_have_count(2)
+        page.screenshot(path=shots / "04-review-queue.png")
+        card = cards.first
+        card.get_by_test_id("review-reason").fill("preview does not look like her")
+        card.get_by_test_id("reject").click()
+        expect(cards).to_have_count(1)
+        card = cards.first
         expect(card.get_by_test_id("preview")).to_be_visible()
         expect(card).to_contain_text("weight norm")
         expect(card).not_to_contain_text("[object")
-        page.screenshot(path=shots / "04-review-queue.png")
         card.get_by_test_id("approve").click()
         expect(page.locator("#review-list")).to_contain_text("Nothing waiting")
 
