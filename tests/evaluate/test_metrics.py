@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from lorasynth.evaluate.metrics import (
@@ -39,3 +40,12 @@ def test_top1_catches_a_shuffled_method():
 def test_reference_embedding_is_unit_mean():
     ref = reference_embedding(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))
     torch.testing.assert_close(ref, torch.tensor([[2**-0.5, 2**-0.5]]))
+
+
+def test_attribute_error_scores_only_the_informative_columns():
+    from lorasynth.evaluate.run import attribute_error
+
+    truth = np.zeros((4, 3))
+    predicted = np.array([[1.0, 0.0, 9.0]] * 4)  # column 2 is uninformative noise
+    assert attribute_error(predicted, truth, [0, 1], identities=2).tolist() == [0.5, 0.5]
+    assert attribute_error(predicted, truth, [0, 1, 2], identities=2).tolist() == [10 / 3] * 2

@@ -92,6 +92,15 @@ def missing_models(domain: str | Domain) -> str | None:
     return None
 
 
+def attribute_error(
+    predicted: np.ndarray, truth: np.ndarray, columns: list[int], identities: int
+) -> np.ndarray:
+    """Mean absolute attribute error per identity, over `columns` only: the attributes the
+    judge's embedding can predict at all (others would add the same noise to every method)."""
+    per_image = np.abs(predicted - truth)[:, columns].mean(1)
+    return per_image.reshape(identities, -1).mean(1)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     identities: int = 200
@@ -364,9 +373,9 @@ class Evaluation:
             truth = np.stack(
                 [self.domain.identity_attributes(s).as_vector() for s in self.seeds]
             ).repeat(p, axis=0)
-            scores["attr_error_per_identity"] = (
-                np.abs(pred - truth).mean(1).reshape(n, p).mean(1).tolist()
-            )
+            scores["attr_error_per_identity"] = attribute_error(
+                pred, truth, self.m.attribute_columns(), n
+            ).tolist()
         return scores
 
     # ---- timing and storage ------------------------------------------------------------------
