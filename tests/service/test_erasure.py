@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 from sqlalchemy import func, select
 
-from lorasynth.service.models import Idempotency
+from lorasynth.service.models import Idempotency, Lora, Photo, Subject
 from tests.service.conftest import consent
 from tests.service.test_api import made_lora, upload
 
@@ -75,8 +75,15 @@ def test_export_then_erase_leaves_nothing(api, clock, tmp_path):
         and tomb[0]["object_id"] == sid
         and tomb[0]["detail"] == {"photos": 2, "loras": 1, "blobs": 4, "stored_requests": 2}
     )
-    with api.svc.db.read() as s:  # the other subject's request answers are not touched
+    with api.svc.db.read() as s:  # in the database (any backend): no row refers to it
         assert s.scalar(select(func.count()).select_from(Idempotency)) == 0
+        for table, column in (
+            (Subject, Subject.id),
+            (Photo, Photo.subject_id),
+            (Lora, Lora.subject_id),
+        ):
+            assert s.scalar(select(func.count()).select_from(table).where(column == sid)) == 0
+        assert s.scalar(select(func.count()).select_from(Photo)) == 1  # the kept subject's
     assert NAME not in str(events)
     if sqlite:
         assert (data_dir / "lorasynth.db-wal").stat().st_size == 0
