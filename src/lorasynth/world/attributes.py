@@ -8,31 +8,16 @@ downstream model should obey (background colour above all), never the identity.
 from __future__ import annotations
 
 import dataclasses
-import operator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from lorasynth.errors import LorasynthError
+from lorasynth.world.sampling import BACKGROUNDS, AttributeVector, NuisanceRecord, stream_rng
 
 # Domain tags keep the identity and nuisance streams of one seed independent of each other.
 _IDENTITY_DOMAIN = 0x1D3A7
 _NUISANCE_DOMAIN = 0x6E15A
-
-# Named so captions can say "blue background" and an evaluator can check it by colour.
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "red": (200, 40, 40),
-    "green": (50, 160, 60),
-    "blue": (40, 80, 210),
-    "yellow": (235, 210, 50),
-    "purple": (130, 60, 170),
-    "orange": (240, 140, 30),
-    "gray": (128, 128, 128),
-    "white": (245, 245, 245),
-    "black": (15, 15, 15),
-    "teal": (30, 150, 150),
-}
 
 # Caption thresholds; sample_nuisance keeps values away from them so captions are unambiguous.
 SMILE_THRESHOLD = 0.5
@@ -40,46 +25,18 @@ EYES_CLOSED_THRESHOLD = 0.3
 TURNED_THRESHOLD = 0.5
 
 
-def _as_int(value: Any, what: str) -> int:
-    """Any integer-like value (Python or numpy int, not bool or float) as a Python int."""
-    if isinstance(value, bool):
-        raise LorasynthError(f"{what} must be an integer, got the bool {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise LorasynthError(f"{what} must be an integer, got {value!r}") from None
-
-
-def _number(value: Any, what: str, low: float, high: float) -> float:
-    """A real number in [low, high] (Python or numpy, not bool) as a float."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
-        raise LorasynthError(f"{what} must be a number, got {value!r}")
-    number = float(value)
-    if not low <= number <= high:  # also refuses NaN
-        raise LorasynthError(f"{what} must be in [{low}, {high}], got {value!r}")
-    return number
-
-
-def _seed_words(value: int) -> list[int]:
-    # SeedSequence takes only non-negative ints (of any size): encode the sign separately.
-    return [1 if value < 0 else 0, abs(value)]
-
-
 def identity_rng(seed: int) -> np.random.Generator:
     """The generator that fixes an identity's attributes; depends on the identity seed only."""
-    words = _seed_words(_as_int(seed, "identity seed"))
-    return np.random.default_rng(np.random.SeedSequence([_IDENTITY_DOMAIN, *words]))
+    return stream_rng(_IDENTITY_DOMAIN, (seed, "identity seed"))
 
 
 def nuisance_rng(seed: int, nuisance_seed: int = 0) -> np.random.Generator:
     """The generator for the nuisances of one identity's photos."""
-    words = _seed_words(_as_int(seed, "identity seed"))
-    words += _seed_words(_as_int(nuisance_seed, "nuisance seed"))
-    return np.random.default_rng(np.random.SeedSequence([_NUISANCE_DOMAIN, *words]))
+    return stream_rng(_NUISANCE_DOMAIN, (seed, "identity seed"), (nuisance_seed, "nuisance seed"))
 
 
 @dataclass(frozen=True)
-class IdentityAttributes:
+class IdentityAttributes(AttributeVector):
     """Continuous identity attributes, each in [0, 1]; render.py maps them to geometry/colour.
 
     The field order is the order of `as_vector()` and of `ATTRIBUTE_NAMES`: never reorder,
@@ -110,45 +67,11 @@ class IdentityAttributes:
     facial_hair: float  # 0 clean shaven, 1 full beard
 
     ATTRIBUTE_NAMES: ClassVar[tuple[str, ...]]
-
-    def __post_init__(self) -> None:
-        for name in ATTRIBUTE_NAMES:
-            value = _number(getattr(self, name), f"identity attribute {name}", 0.0, 1.0)
-            object.__setattr__(self, name, value)
-
-    def to_dict(self) -> dict[str, float]:
-        """Attribute name -> value, in `ATTRIBUTE_NAMES` order."""
-        return {name: getattr(self, name) for name in ATTRIBUTE_NAMES}
-
-    def as_vector(self) -> np.ndarray:
-        """A float64 vector in `ATTRIBUTE_NAMES` order."""
-        return np.array([getattr(self, name) for name in ATTRIBUTE_NAMES], dtype=np.float64)
-
-    @classmethod
-    def from_vector(cls, vector: Any) -> IdentityAttributes:
-        """Inverse of `as_vector`."""
-        values = np.asarray(vector, dtype=np.float64).reshape(-1)
-        if values.shape[0] != len(ATTRIBUTE_NAMES):
-            raise LorasynthError(
-                f"identity attribute vector must have {len(ATTRIBUTE_NAMES)} values, "
-                f"got {values.shape[0]}"
-            )
-        return cls(*(float(v) for v in values))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, float]) -> IdentityAttributes:
-        """Inverse of `to_dict`; unknown or missing names are an error."""
-        unknown = sorted(set(values) - set(ATTRIBUTE_NAMES))
-        missing = [name for name in ATTRIBUTE_NAMES if name not in values]
-        if unknown or missing:
-            raise LorasynthError(
-                f"identity attributes: unknown names {unknown}, missing names {missing}"
-            )
-        return cls(**{name: float(values[name]) for name in ATTRIBUTE_NAMES})
+    _KIND: ClassVar[str] = "identity"
 
 
 ATTRIBUTE_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(IdentityAttributes))
-IdentityAttributes.ATTRIBUTE_NAMES = ATTRIBUTE_NAMES
+IdentityAttributes.ATTRIBUTE_NAMES = IdentityAttributes._FIELDS = ATTRIBUTE_NAMES
 
 
 def identity_attributes(seed: int) -> IdentityAttributes:
@@ -160,7 +83,7 @@ def identity_attributes(seed: int) -> IdentityAttributes:
 
 
 @dataclass(frozen=True)
-class Nuisance:
+class Nuisance(NuisanceRecord):
     """How one photo of an identity looks: pose, lighting, expression, background, accessories.
 
     yaw in [-1, 1] turns the face toward the image's right when positive; roll in degrees;
@@ -195,37 +118,7 @@ class Nuisance:
         "eye_openness": (0.0, 1.0),
     }
 
-    def __post_init__(self) -> None:
-        for name, (low, high) in self._RANGES.items():
-            value = _number(getattr(self, name), f"nuisance {name}", low, high)
-            object.__setattr__(self, name, value)
-        if not isinstance(self.background, str) or self.background not in BACKGROUNDS:
-            raise LorasynthError(
-                f"unknown background {self.background!r}; choose one of {sorted(BACKGROUNDS)}"
-            )
-        for name in ("glasses", "hat"):
-            value = getattr(self, name)
-            if not isinstance(value, bool | np.bool_):
-                raise LorasynthError(f"nuisance {name} must be true or false, got {value!r}")
-            object.__setattr__(self, name, bool(value))
-
-    @classmethod
-    def neutral(cls) -> Nuisance:
-        """Frontal, centred, evenly lit, neutral expression, gray background, no accessories."""
-        return cls()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Field name -> value (JSON-ready)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Nuisance:
-        """Inverse of `to_dict`; unknown names are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise LorasynthError(f"nuisance: unknown names {unknown}; known are {sorted(known)}")
-        return cls(**values)
+    _FLAGS: ClassVar[tuple[str, ...]] = ("glasses", "hat")
 
 
 def sample_nuisance(rng: np.random.Generator) -> Nuisance:

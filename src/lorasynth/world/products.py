@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from lorasynth.errors import LorasynthError
-from lorasynth.world.attributes import BACKGROUNDS, _as_int, _number, _seed_words
+from lorasynth.world.sampling import BACKGROUNDS, AttributeVector, NuisanceRecord, stream_rng
 
 # Stream tags of their own: product seed 7 and face seed 7 share nothing.
 _IDENTITY_DOMAIN = 0x9D0C7
@@ -30,19 +29,16 @@ PATTERNS = ("plain", "stripes", "dots", "checks")  # pattern_type in [0, 1] in f
 
 def product_rng(seed: int) -> np.random.Generator:
     """The generator that fixes a product's attributes; depends on the subject seed only."""
-    words = _seed_words(_as_int(seed, "subject seed"))
-    return np.random.default_rng(np.random.SeedSequence([_IDENTITY_DOMAIN, *words]))
+    return stream_rng(_IDENTITY_DOMAIN, (seed, "subject seed"))
 
 
 def product_nuisance_rng(seed: int, nuisance_seed: int = 0) -> np.random.Generator:
     """The generator for the nuisances of one product's photos."""
-    words = _seed_words(_as_int(seed, "subject seed"))
-    words += _seed_words(_as_int(nuisance_seed, "nuisance seed"))
-    return np.random.default_rng(np.random.SeedSequence([_NUISANCE_DOMAIN, *words]))
+    return stream_rng(_NUISANCE_DOMAIN, (seed, "subject seed"), (nuisance_seed, "nuisance seed"))
 
 
 @dataclass(frozen=True)
-class ProductAttributes:
+class ProductAttributes(AttributeVector):
     """Continuous subject attributes, each in [0, 1]; render_products.py maps them to pixels.
 
     The field order is the order of `as_vector()` and of `PRODUCT_ATTRIBUTE_NAMES`: never
@@ -71,37 +67,7 @@ class ProductAttributes:
     label_position: float  # 0 high on the body, 1 low
 
     NAMES: ClassVar[tuple[str, ...]]
-
-    def __post_init__(self) -> None:
-        for name in PRODUCT_ATTRIBUTE_NAMES:
-            value = _number(getattr(self, name), f"product attribute {name}", 0.0, 1.0)
-            object.__setattr__(self, name, value)
-
-    def to_dict(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in PRODUCT_ATTRIBUTE_NAMES}
-
-    def as_vector(self) -> np.ndarray:
-        return np.array([getattr(self, n) for n in PRODUCT_ATTRIBUTE_NAMES], dtype=np.float64)
-
-    @classmethod
-    def from_vector(cls, vector: Any) -> ProductAttributes:
-        values = np.asarray(vector, dtype=np.float64).reshape(-1)
-        if values.shape[0] != len(PRODUCT_ATTRIBUTE_NAMES):
-            raise LorasynthError(
-                f"product attribute vector must have {len(PRODUCT_ATTRIBUTE_NAMES)} values, "
-                f"got {values.shape[0]}"
-            )
-        return cls(*(float(v) for v in values))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, float]) -> ProductAttributes:
-        unknown = sorted(set(values) - set(PRODUCT_ATTRIBUTE_NAMES))
-        missing = [name for name in PRODUCT_ATTRIBUTE_NAMES if name not in values]
-        if unknown or missing:
-            raise LorasynthError(
-                f"product attributes: unknown names {unknown}, missing names {missing}"
-            )
-        return cls(**{name: float(values[name]) for name in PRODUCT_ATTRIBUTE_NAMES})
+    _KIND: ClassVar[str] = "product"
 
     @property
     def pattern(self) -> str:
@@ -111,7 +77,7 @@ class ProductAttributes:
 PRODUCT_ATTRIBUTE_NAMES: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(ProductAttributes)
 )
-ProductAttributes.NAMES = PRODUCT_ATTRIBUTE_NAMES
+ProductAttributes.NAMES = ProductAttributes._FIELDS = PRODUCT_ATTRIBUTE_NAMES
 
 
 def product_attributes(seed: int) -> ProductAttributes:
@@ -120,7 +86,7 @@ def product_attributes(seed: int) -> ProductAttributes:
 
 
 @dataclass(frozen=True)
-class ProductNuisance:
+class ProductNuisance(NuisanceRecord):
     """How one photo of a product looks. roll in degrees (positive: the top leans toward the
     image's right); offsets in fractions of the image; light angle in degrees (0 = from the
     image's right, 90 = from below); `mirrored` shows the product from its other side."""
@@ -146,34 +112,7 @@ class ProductNuisance:
         "brightness": (0.5, 1.5),
     }
 
-    def __post_init__(self) -> None:
-        for name, (low, high) in self._RANGES.items():
-            value = _number(getattr(self, name), f"nuisance {name}", low, high)
-            object.__setattr__(self, name, value)
-        if not isinstance(self.background, str) or self.background not in BACKGROUNDS:
-            raise LorasynthError(
-                f"unknown background {self.background!r}; choose one of {sorted(BACKGROUNDS)}"
-            )
-        for name in ("table", "mirrored"):
-            value = getattr(self, name)
-            if not isinstance(value, bool | np.bool_):
-                raise LorasynthError(f"nuisance {name} must be true or false, got {value!r}")
-            object.__setattr__(self, name, bool(value))
-
-    @classmethod
-    def neutral(cls) -> ProductNuisance:
-        return cls()
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ProductNuisance:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise LorasynthError(f"nuisance: unknown names {unknown}; known are {sorted(known)}")
-        return cls(**values)
+    _FLAGS: ClassVar[tuple[str, ...]] = ("table", "mirrored")
 
 
 def sample_product_nuisance(rng: np.random.Generator) -> ProductNuisance:
