@@ -95,28 +95,27 @@ class Domain:
 
     def render_many(self, attrs: list[Any], nuisances: list[Any], size: int = 32) -> np.ndarray:
         """Subject i is (attrs[i], nuisances[i]) -> (B, size, size, 3) uint8."""
-        if len(attrs) != len(nuisances):
-            raise LorasynthError(
-                f"{len(attrs)} attribute sets and {len(nuisances)} nuisances: give one each"
-            )
-        out = np.empty((len(attrs), size, size, 3), dtype=np.uint8)
-        for i, (at, nu) in enumerate(zip(attrs, nuisances, strict=True)):
-            out[i] = self.render(at, nu, size)
-        return out
+        from lorasynth.world.render_common import render_batch
+
+        mismatch = "{attrs} attribute sets and {nuisances} nuisances: give one each"
+        return render_batch(self.render, attrs, nuisances, size, mismatch)
 
     def iter_identity(
         self, seed: int, n: int, nuisance_seed: int = 0, size: int = 32
     ) -> Iterator[tuple[np.ndarray, Any]]:
         """n photos of subject `seed`, one at a time, with their nuisances."""
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-            raise LorasynthError(f"number of images must be a positive integer, got {n!r}")
-        from lorasynth.world.render import _check_size
+        from lorasynth.world.render_common import iter_photos
 
-        size = _check_size(size)  # checked now, not mid-iteration
-        attrs = self.identity_attributes(seed)
-        rng = self.nuisance_rng(seed, nuisance_seed)
-        nuisances = [self.sample_nuisance(rng) for _ in range(int(n))]
-        return ((self.render(attrs, nu, size), nu) for nu in nuisances)
+        return iter_photos(
+            self.render,
+            self.identity_attributes,
+            self.nuisance_rng,
+            self.sample_nuisance,
+            seed,
+            n,
+            nuisance_seed,
+            size,
+        )
 
     def render_identity(
         self, seed: int, n: int, nuisance_seed: int = 0, size: int = 32

@@ -45,7 +45,7 @@ def render(
     from tqdm import tqdm
 
     from lorasynth.domains import get_domain
-    from lorasynth.world.render import MAX_SIZE, MIN_SIZE
+    from lorasynth.world.render_common import MAX_SIZE, MIN_SIZE
 
     dom = get_domain(domain)
     subject = subject or dom.generic_prompt

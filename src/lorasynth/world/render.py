@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from lorasynth.errors import LorasynthError
 from lorasynth.world.attributes import (
     BACKGROUNDS,
     IdentityAttributes,
@@ -25,10 +24,14 @@ from lorasynth.world.attributes import (
     nuisance_rng,
     sample_nuisance,
 )
-
-MIN_SIZE = 16
-MAX_SIZE = 1024
-SUPERSAMPLE = 2  # drawn at SUPERSAMPLE x size, then box-filtered: smooth edges at any size
+from lorasynth.world.render_common import (  # noqa: F401  (MIN_SIZE, MAX_SIZE: re-exported)
+    MAX_SIZE,
+    MIN_SIZE,
+    SUPERSAMPLE,
+    check_size,
+    iter_photos,
+    render_batch,
+)
 
 _HEAD_Y = -0.14  # head centre in the image at zero offset (room for the shoulders below)
 _PIVOT_Y = 0.55  # the head tilts (roll) about the neck, not about its own centre
@@ -635,47 +638,39 @@ def _render(p: Params, size: int, windows: bool = True) -> np.ndarray:
     return _light_and_downsample(c, p, size)
 
 
-def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int | np.integer):
-        raise LorasynthError(f"image size must be an integer, got {size!r}")
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise LorasynthError(f"image size must be in [{MIN_SIZE}, {MAX_SIZE}] pixels, got {size}")
-    return int(size)
-
-
 def render_face(attrs: IdentityAttributes, nuisance: Nuisance, size: int = 32) -> np.ndarray:
     """One face -> (size, size, 3) uint8 RGB; the same inputs always give the same bytes."""
-    return _render(_face_params(attrs, nuisance), _check_size(size))
+    return _render(_face_params(attrs, nuisance), check_size(size))
 
 
 def render_faces(
     attrs: Sequence[IdentityAttributes], nuisances: Sequence[Nuisance], size: int = 32
 ) -> np.ndarray:
     """Face i is (attrs[i], nuisances[i]) -> (B, size, size, 3) uint8 RGB."""
-    size = _check_size(size)
-    if len(attrs) != len(nuisances):
-        raise LorasynthError(
-            f"render_faces needs one nuisance per face: got {len(attrs)} attribute sets "
-            f"and {len(nuisances)} nuisances"
-        )
-    out = np.empty((len(attrs), size, size, 3), dtype=np.uint8)
-    for i, (at, nu) in enumerate(zip(attrs, nuisances, strict=True)):
-        out[i] = _render(_face_params(at, nu), size)
-    return out
+    return render_batch(
+        render_face,
+        attrs,
+        nuisances,
+        check_size(size),
+        "render_faces needs one nuisance per face: got {attrs} attribute sets "
+        "and {nuisances} nuisances",
+    )
 
 
 def iter_identity(
     seed: int, n: int, nuisance_seed: int = 0, size: int = 32
 ) -> Iterator[tuple[np.ndarray, Nuisance]]:
     """Like `render_identity`, one photo at a time (for long runs that stream to disk)."""
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise LorasynthError(f"number of images must be a positive integer, got {n!r}")
-    # Checked here, not inside the generator, so bad input fails at the call.
-    size = _check_size(size)
-    attrs = identity_attributes(seed)
-    rng = nuisance_rng(seed, nuisance_seed)
-    nuisances = (sample_nuisance(rng) for _ in range(int(n)))
-    return ((_render(_face_params(attrs, nu), size), nu) for nu in nuisances)
+    return iter_photos(
+        render_face,
+        identity_attributes,
+        nuisance_rng,
+        sample_nuisance,
+        seed,
+        n,
+        nuisance_seed,
+        size,
+    )
 
 
 def render_identity(

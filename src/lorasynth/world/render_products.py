@@ -21,7 +21,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from lorasynth.errors import LorasynthError
 from lorasynth.world.attributes import BACKGROUNDS
 from lorasynth.world.products import (
     HANDLE_THRESHOLD,
@@ -32,20 +31,12 @@ from lorasynth.world.products import (
     product_nuisance_rng,
     sample_product_nuisance,
 )
-from lorasynth.world.render import MAX_SIZE, MIN_SIZE, SUPERSAMPLE
+from lorasynth.world.render_common import SUPERSAMPLE, check_size, iter_photos, render_batch
 
 _CENTRE_Y = 0.02  # the object's middle in the image at zero offset (a little below centre)
 _TABLE_SHADE = 0.8  # the table is the background colour, darker: the top border stays named
 _SHADOW = 0.35
 _UNIT = 1.2  # image half-widths per product unit at scale 1
-
-
-def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int | np.integer):
-        raise LorasynthError(f"image size must be an integer, got {size!r}")
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise LorasynthError(f"image size must be in [{MIN_SIZE}, {MAX_SIZE}] pixels, got {size}")
-    return int(size)
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -130,7 +121,7 @@ def render_product(
     attrs: ProductAttributes, nuisance: ProductNuisance, size: int = 32
 ) -> np.ndarray:
     """One product -> (size, size, 3) uint8 RGB; the same inputs always give the same bytes."""
-    size = _check_size(size)
+    size = check_size(size)
     g, pal, nu = _geometry(attrs), _palette(attrs), nuisance
     n = size * SUPERSAMPLE
     scale = nu.scale * _UNIT
@@ -221,29 +212,30 @@ def render_products(
     attrs: Sequence[ProductAttributes], nuisances: Sequence[ProductNuisance], size: int = 32
 ) -> np.ndarray:
     """Product i is (attrs[i], nuisances[i]) -> (B, size, size, 3) uint8 RGB."""
-    size = _check_size(size)
-    if len(attrs) != len(nuisances):
-        raise LorasynthError(
-            f"render_products needs one nuisance per product: got {len(attrs)} attribute sets "
-            f"and {len(nuisances)} nuisances"
-        )
-    out = np.empty((len(attrs), size, size, 3), dtype=np.uint8)
-    for i, (at, nu) in enumerate(zip(attrs, nuisances, strict=True)):
-        out[i] = render_product(at, nu, size)
-    return out
+    return render_batch(
+        render_product,
+        attrs,
+        nuisances,
+        check_size(size),
+        "render_products needs one nuisance per product: got {attrs} attribute sets "
+        "and {nuisances} nuisances",
+    )
 
 
 def iter_product(
     seed: int, n: int, nuisance_seed: int = 0, size: int = 32
 ) -> Iterator[tuple[np.ndarray, ProductNuisance]]:
     """n photos of product `seed`, one at a time; nuisances from (seed, nuisance_seed)."""
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise LorasynthError(f"number of images must be a positive integer, got {n!r}")
-    size = _check_size(size)
-    attrs = product_attributes(seed)
-    rng = product_nuisance_rng(seed, nuisance_seed)
-    nuisances = (sample_product_nuisance(rng) for _ in range(int(n)))
-    return ((render_product(attrs, nu, size), nu) for nu in nuisances)
+    return iter_photos(
+        render_product,
+        product_attributes,
+        product_nuisance_rng,
+        sample_product_nuisance,
+        seed,
+        n,
+        nuisance_seed,
+        size,
+    )
 
 
 def render_product_identity(
