@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from lorasynth.cli.options import ModelDirOpt, PriorOpt, synthesizer_loader
+
 DataOpt = Annotated[Path, typer.Option("--data", help="Service data folder (database, blobs).")]
 DbOpt = Annotated[
     str | None, typer.Option("--db", help="SQLAlchemy URL (default: SQLite in --data).")
@@ -43,20 +45,7 @@ def _factory(
             raise LorasynthError(f"--synthesizer {spec!r}: give module:function")
         return getattr(importlib.import_module(module), name)
 
-    def load():
-        from lorasynth.synthesis import Synthesizer
-
-        return Synthesizer.load(
-            bank=bank,
-            prior=prior,
-            vae=vae,
-            embedder=embedder,
-            base=base,
-            model_dir=model_dir,
-            domain=domain,
-        )
-
-    return load
+    return synthesizer_loader(bank, prior, vae, embedder, base, model_dir, domain)
 
 
 def serve(
@@ -71,14 +60,12 @@ def serve(
             "default: the domain's); the one the bank and prior were built with."
         ),
     ] = None,
-    model_dir: Annotated[
-        Path | None, typer.Option(help="Embedder model folder (see `lorasynth embed --help`).")
-    ] = None,
+    model_dir: ModelDirOpt = None,
     domain: Annotated[
         str | None, typer.Option(help="Subject domain: faces or products (default: the bank's).")
     ] = None,
     bank: Annotated[Path | None, typer.Option(help="Bank (default: shipped).")] = None,
-    prior: Annotated[Path | None, typer.Option(help="Prior file (default: shipped).")] = None,
+    prior: PriorOpt = None,
     vae: Annotated[Path | None, typer.Option(help="LoRA VAE (default: shipped).")] = None,
     base: Annotated[
         str,

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from lorasynth.cli.lora import OutFormat
+from lorasynth.cli.options import ModelDirOpt, PriorOpt, synthesizer_loader
 
 BASE_HELP = (
     "Base model: 'mini', a diffusers SD1.5-family folder, or a single-file SD1.5 .safetensors."
@@ -37,7 +38,7 @@ def synthesize(
     bank: Annotated[
         Path | None, typer.Option(help="Bank (default: the shipped mini-world).")
     ] = None,
-    prior: Annotated[Path | None, typer.Option(help="Prior file (default: shipped).")] = None,
+    prior: PriorOpt = None,
     vae: Annotated[Path | None, typer.Option(help="LoRA VAE file (default: shipped).")] = None,
     embedder: Annotated[
         str | None,
@@ -47,9 +48,7 @@ def synthesize(
             "built with."
         ),
     ] = None,
-    model_dir: Annotated[
-        Path | None, typer.Option(help="Embedder model folder (see `lorasynth embed --help`).")
-    ] = None,
+    model_dir: ModelDirOpt = None,
     face_index: Annotated[
         int | None, typer.Option(min=0, help="Which face of each photo, largest first.")
     ] = None,
@@ -66,17 +65,8 @@ def synthesize(
     import warnings
 
     from lorasynth.faces import FaceWarning
-    from lorasynth.synthesis import Synthesizer
 
-    synth = Synthesizer.load(
-        bank=bank,
-        prior=prior,
-        vae=vae,
-        embedder=embedder,
-        base=base,
-        model_dir=model_dir,
-        domain=domain,
-    )
+    synth = synthesizer_loader(bank, prior, vae, embedder, base, model_dir, domain)()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FaceWarning)
         result = synth.synthesize(
