@@ -15,7 +15,6 @@ preprocessor_config.json mean/std (CLIP's defaults without one).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -25,21 +24,13 @@ import numpy as np
 import torch
 
 from lorasynth.errors import LorasynthError
+from lorasynth.faces.embedders import Face, files_hash, mean_embedding, whole_image_face
+from lorasynth.faces.photos import load_photo
 
 NAME = "clip-vision"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _PICKLES = ("pytorch_model.bin", "model.pt", "model.ckpt", "pytorch_model.bin.index.json")
-
-
-def _hash_files(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def _load_image(photo) -> np.ndarray:
@@ -50,25 +41,7 @@ def _load_image(photo) -> np.ndarray:
                 f"a photo array must be (H, W, 3) uint8 RGB, got {photo.shape} {photo.dtype}"
             )
         return photo
-    try:  # the project's one photo loader, where present (limits, EXIF, type sniffing)
-        from lorasynth.faces.photos import load_photo
-    except ImportError:
-        return _pil_load(photo)
-    return load_photo(photo)
-
-
-def _pil_load(photo) -> np.ndarray:
-    import io
-
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    source = io.BytesIO(photo) if isinstance(photo, bytes) else photo
-    try:
-        with Image.open(source) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        name = "photo bytes" if isinstance(photo, bytes) else str(photo)
-        raise LorasynthError(f"{name}: not a readable image: {exc}") from None
+    return load_photo(photo)  # the project's one photo loader (limits, EXIF, type sniffing)
 
 
 class ClipVisionEncoder:
@@ -108,14 +81,11 @@ class ClipVisionEncoder:
             values = json.loads(pre.read_text())
             self.mean = tuple(values.get("image_mean", CLIP_MEAN))
             self.std = tuple(values.get("image_std", CLIP_STD))
-        self.embedder_id = f"{NAME}/{_hash_files([config_path, weights])}"
+        self.embedder_id = f"{NAME}/{files_hash([config_path, weights])}"
 
-    def detect(self, image: np.ndarray) -> list:
+    def detect(self, image: np.ndarray) -> list[Face]:
         """The whole photo is the subject: one region covering it."""
-        from lorasynth.faces.embedders import Face
-
-        h, w = image.shape[:2]
-        return [Face((0.0, 0.0, float(w), float(h)), 1.0, None, "none")]
+        return whole_image_face(image)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """(H, W, 3) uint8 photos -> (N, 3, S, S) normalised pixel values, CLIP's way."""
@@ -156,8 +126,4 @@ class ClipVisionEncoder:
 
     def embed_mean(self, photos: Sequence, face_index: int | None = None) -> np.ndarray:
         """(dim,) the L2-normalised mean over the photos' embeddings."""
-        mean = self.embed(photos, face_index).astype(np.float64).mean(0)
-        norm = np.linalg.norm(mean)
-        if norm < 1e-8:
-            raise LorasynthError("the photos' embeddings cancel out (mean is zero); use others")
-        return (mean / norm).astype(np.float32)
+        return mean_embedding(self.embed(photos, face_index))

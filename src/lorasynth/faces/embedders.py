@@ -266,6 +266,12 @@ def files_hash(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+def whole_image_face(image: np.ndarray) -> list[Face]:
+    """One region covering the whole image: for subjects that fill the photo (renders, objects)."""
+    h, w = image.shape[:2]
+    return [Face((0.0, 0.0, float(w), float(h)), 1.0, None, "none")]
+
+
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -283,8 +289,7 @@ class MiniFaceEmbedder(DetectingEmbedder):
         self.embedder_id = model.embedder_id or ""
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        h, w = image.shape[:2]
-        return [Face((0.0, 0.0, float(w), float(h)), 1.0, None, "none")]
+        return whole_image_face(image)
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
         size = self.model.config.image_size
