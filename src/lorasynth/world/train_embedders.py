@@ -18,7 +18,7 @@ import argparse
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +85,10 @@ TRAINING: dict[str, TrainConfig] = {
     "mini-style-eval": TrainConfig(seed=4, steps=4000, num_identities=3000),
 }
 
-# The products domain's embedders: the faces architectures, other names, other seeds.
+# The products domain's embedders: the faces architectures under other names (other seeds).
 STYLE_PRESETS: dict[str, EmbedderConfig] = {
-    "mini-style": EmbedderConfig(
-        name="mini-style", arch="resnet", widths=(32, 64, 128), depths=(1, 2, 2), embed_dim=128
-    ),
-    "mini-style-eval": EmbedderConfig(
-        name="mini-style-eval",
-        arch="plain",
-        widths=(32, 64, 128, 256),
-        depths=(1, 1, 1, 1),
-        embed_dim=128,
-    ),
+    style: replace(PRESETS[face], name=style)
+    for style, face in (("mini-style", "mini-arcface"), ("mini-style-eval", "mini-eval"))
 }
 
 
