@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lorasynth.bank.normaliser import NORMALISER_FILE, Normaliser
+from lorasynth.bank.normaliser import refit_normaliser
 from lorasynth.bank.store import Bank
 from lorasynth.errors import LorasynthError
 from lorasynth.lora.canonical import flatten_batch
@@ -103,9 +103,7 @@ def ingest(
     bar.close()
     report.rows, report.layout_hash = len(bank), bank.layout_hash
     if normalise and len(bank) >= 2:
-        norm = Normaliser.fit(bank.iter_batches(1024), bank.layout_hash)
-        norm.save(bank.path / NORMALISER_FILE)
-        report.normaliser_hash = norm.hash
+        report.normaliser_hash = refit_normaliser(bank).hash
     return report
 
 

@@ -86,3 +86,10 @@ class Normaliser:
                 f"{path}: normaliser is for layout {norm.layout_hash}, expected {layout_hash}"
             )
         return norm
+
+
+def refit_normaliser(bank) -> Normaliser:
+    """Fit a normaliser on every row of `bank` (a Bank) and save it as BANK/normaliser.safetensors."""
+    norm = Normaliser.fit(bank.iter_batches(1024), bank.layout_hash)
+    norm.save(bank.path / NORMALISER_FILE)
+    return norm

@@ -54,13 +54,8 @@ def ingest(
     )
     for failure in report.failed:
         print(f"warning: skipped {failure['error']}", file=sys.stderr)
-    if as_json:
-        print(json.dumps(report.to_dict()))
-    print(
-        f"ingested {report.ingested}, already present {report.skipped}, failed {len(report.failed)}; "
-        f"bank has {report.rows} rows (layout {report.layout_hash})",
-        file=sys.stderr,
-    )
+    counts = f"ingested {report.ingested}, already present {report.skipped}"
+    _print_report(report, as_json, f"{counts}, failed {len(report.failed)}")
     if strict and report.failed:
         raise typer.Exit(1)
 
@@ -103,13 +98,7 @@ def import_w2w(
         normalise=normalise,
         names=ids_from_folders(names) if names else None,
     )
-    if as_json:
-        print(json.dumps(report.to_dict()))
-    print(
-        f"imported {report.imported}, already present {report.skipped}; bank has {report.rows} "
-        f"rows (layout {report.layout_hash})",
-        file=sys.stderr,
-    )
+    _print_report(report, as_json, f"imported {report.imported}, already present {report.skipped}")
 
 
 @app.command()
@@ -131,6 +120,13 @@ def conditions(
     face_embedder = load_face_embedder(embedder, model_dir)
     out = build_photo_conditions(bank, photos, face_embedder, per_row)
     typer.echo(f"wrote {out} ({face_embedder.embedder_id})", err=True)
+
+
+def _print_report(report, as_json: bool, counts: str) -> None:
+    """The report as JSON on stdout (--json); `counts` and the bank's size on stderr."""
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    print(f"{counts}; bank has {report.rows} rows (layout {report.layout_hash})", file=sys.stderr)
 
 
 def _preset_layout(preset: str | None, rank: int, base: str | None) -> LoraLayout | None:
