@@ -93,6 +93,22 @@ class Domain:
     def embedder_path(self, name: str) -> Path:
         return self.root() / "embedders" / f"{name}.safetensors"
 
+    def built_embedder_path(self, name: str) -> Path:
+        """`embedder_path`, which must exist; else an error naming the build stage."""
+        path = self.embedder_path(name)
+        if not path.is_file():
+            raise LorasynthError(
+                f"{path}: no such embedder file; build it with "
+                f"`lorasynth world build --domain {self.name} --stage embedders`"
+            )
+        return path
+
+    def check_embedder(self, embedder_id: str, other: str) -> None:
+        """Refuse a mini embedder trained on another domain (`other` names the asker)."""
+        made_for = embedder_domain(embedder_id)
+        if made_for is not None:
+            check_same_domain(f"embedder {embedder_id}", made_for, other, self.name)
+
     def render_many(self, attrs: list[Any], nuisances: list[Any], size: int = 32) -> np.ndarray:
         """Subject i is (attrs[i], nuisances[i]) -> (B, size, size, 3) uint8."""
         from lorasynth.world.render_common import render_batch
@@ -227,16 +243,8 @@ def load_mini_embedder(domain: str | Domain | None = None, name: str | None = No
     name = name or dom.conditioner
     bare = os.sep not in name and "/" not in name and not name.endswith(".safetensors")
     if bare and dom.asset_subdir:
-        path = dom.embedder_path(name)
-        if not path.is_file():
-            raise LorasynthError(
-                f"{path}: no such embedder file; build it with "
-                f"`lorasynth world build --domain {dom.name} --stage embedders`"
-            )
-        embedder = load_embedder(path)
+        embedder = load_embedder(dom.built_embedder_path(name))
     else:
         embedder = load_embedder(name)  # faces' bare names resolve to assets/mini-world/
-    made_for = embedder_domain(embedder.embedder_id)
-    if made_for is not None:
-        check_same_domain(f"embedder {embedder.embedder_id}", made_for, "the request", dom.name)
+    dom.check_embedder(embedder.embedder_id, "the request")
     return embedder

@@ -81,24 +81,15 @@ def embed(
 def _load(domain: str, embedder: str | None, model_dir: Path | None):
     """The embedder by name in `domain` (a domain's bare mini names come from its folder);
     one trained for another domain is refused."""
-    from lorasynth.domains import check_same_domain, embedder_domain, get_domain
-    from lorasynth.errors import LorasynthError
+    from lorasynth.domains import get_domain
     from lorasynth.faces import load_face_embedder
 
     dom = get_domain(domain)
     name = embedder or dom.conditioner
     if dom.asset_subdir and name in dom.embedders:
-        path = dom.embedder_path(name)
-        if not path.is_file():
-            raise LorasynthError(
-                f"{path}: no such embedder file; build it with "
-                f"`lorasynth world build --domain {dom.name} --stage embedders`"
-            )
-        name = str(path)
+        name = str(dom.built_embedder_path(name))
     model = load_face_embedder(name, model_dir)
-    made_for = embedder_domain(model.embedder_id)
-    if made_for is not None:
-        check_same_domain(f"embedder {model.embedder_id}", made_for, "--domain", dom.name)
+    dom.check_embedder(model.embedder_id, "--domain")
     return model
 
 
