@@ -32,6 +32,16 @@ TINY_UNET_CONFIG = {
 }
 
 
+@pytest.fixture
+def one_thread():
+    """Many small ops: one thread is faster on a busy machine than two that wait for each other.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_unet():
     from diffusers import UNet2DConditionModel

@@ -22,14 +22,7 @@ from lorasynth.faces.mini import (
 )
 from lorasynth.world.render import render_identity
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: one thread is faster on a busy machine than two that wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

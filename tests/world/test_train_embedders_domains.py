@@ -20,12 +20,7 @@ from lorasynth.world.train_embedders import TrainConfig, TrainingFaces, train_em
 TINY_TRAIN = TrainConfig(steps=5, batch_size=8, num_identities=4, warmup_steps=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_training_batches_render_the_requested_domain():

@@ -32,12 +32,7 @@ VAE_CFG = tp.VaeTrainConfig(pipeline=TINY_CONFIG, batch_size=4, scale_samples=64
 UNET_CFG = tp.UNetTrainConfig(pipeline=TINY_CONFIG, batch_size=4, warmup=2, sample_every=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

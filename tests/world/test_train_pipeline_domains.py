@@ -21,12 +21,7 @@ UNET_CFG = tp.UNetTrainConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_product_batches_name_products_and_their_backgrounds():
