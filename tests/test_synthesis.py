@@ -1,21 +1,18 @@
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
-from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
+from lorasynth.bank import Bank
+from lorasynth.bank.conditions import CONDITIONS_FILE
 from lorasynth.errors import LorasynthError
-from lorasynth.faces.mini import EmbedderConfig, MiniEmbedder, embed_images, save_embedder
+from lorasynth.faces.mini import EmbedderConfig, MiniEmbedder, save_embedder
 from lorasynth.lora import LoraLayout, read_lora
 from lorasynth.synthesis import Synthesizer
 from lorasynth.train import PriorTrainConfig, VAETrainConfig, train_prior, train_vae
-from lorasynth.world.render import render_identity
+from tests.service.tiny import LAYOUT_SHAPES, build_bank
 
-LAYOUT = LoraLayout.from_shapes(
-    {"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": (16, 8, 2)}
-)
+LAYOUT = LoraLayout.from_shapes(LAYOUT_SHAPES)
 ROWS, PHOTOS = 40, 3
 
 
@@ -23,20 +20,7 @@ ROWS, PHOTOS = 40, 3
 def world(tmp_path_factory):
     """A bank whose vectors are a function of its subjects' (random-embedder) face embeddings."""
     root = tmp_path_factory.mktemp("synth")
-    torch.manual_seed(0)
-    embedder = MiniEmbedder(EmbedderConfig("tiny", "plain", (8, 8), (1, 1), 16)).eval()
-    save_embedder(embedder, root / "embedder.safetensors")
-    photos = np.stack(
-        [np.stack([im for im, _ in render_identity(s, PHOTOS, 5)]) for s in range(ROWS)]
-    )
-    emb = embed_images(embedder, photos.reshape(-1, 32, 32, 3)).reshape(ROWS, PHOTOS, -1)
-    mix = torch.randn(16, LAYOUT.size, generator=torch.Generator().manual_seed(1))
-    vectors = torch.nn.functional.normalize(emb.mean(1), dim=-1) @ mix
-    ids = [f"id-{s:07d}" for s in range(ROWS)]
-    bank = Bank.create(root / "bank", LAYOUT)
-    bank.append(ids, vectors)
-    Normaliser.fit([vectors], LAYOUT.hash).save(bank.path / NORMALISER_FILE)
-    ConditionTable(ids, emb, embedder.embedder_id).save(bank.path / CONDITIONS_FILE)
+    embedder, photos, vectors, bank = build_bank(root, ROWS, PHOTOS)
     vae = train_vae(
         bank.path,
         root / "vae",
@@ -185,5 +169,7 @@ def test_python_api_mirrors_the_cli(world, tmp_path):
     import lorasynth
 
     synth, photos, _, _ = world
-    result = lorasynth.synthesize([photos[1, 0]], out=tmp_path / "a.safetensors", method="lincomb", synthesizer=synth)
+    result = lorasynth.synthesize(
+        [photos[1, 0]], out=tmp_path / "a.safetensors", method="lincomb", synthesizer=synth
+    )
     assert result.path.is_file() and result.method == "lincomb"

@@ -17,6 +17,15 @@ ROWS, PHOTOS = 24, 2
 
 def build(root: Path) -> Path:
     """Write the tiny world under `root` (bank/, embedder.safetensors); return root."""
+    build_bank(root, ROWS, PHOTOS)
+    return root
+
+
+def build_bank(root: Path, rows: int, photos_per_row: int):
+    """A bank under `root` whose vectors are a function of its subjects' face embeddings (by a
+    random embedder, saved as root/embedder.safetensors), with normaliser and conditions.
+
+    Returns (embedder, photos (rows, photos_per_row, 32, 32, 3), vectors, bank)."""
     from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
     from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
     from lorasynth.faces.mini import EmbedderConfig, MiniEmbedder, embed_images, save_embedder
@@ -28,17 +37,17 @@ def build(root: Path) -> Path:
     embedder = MiniEmbedder(EmbedderConfig("tiny", "plain", (8, 8), (1, 1), 16)).eval()
     save_embedder(embedder, root / "embedder.safetensors")
     photos = np.stack(
-        [np.stack([im for im, _ in render_identity(s, PHOTOS, 5)]) for s in range(ROWS)]
+        [np.stack([im for im, _ in render_identity(s, photos_per_row, 5)]) for s in range(rows)]
     )
-    emb = embed_images(embedder, photos.reshape(-1, 32, 32, 3)).reshape(ROWS, PHOTOS, -1)
+    emb = embed_images(embedder, photos.reshape(-1, 32, 32, 3)).reshape(rows, photos_per_row, -1)
     mix = torch.randn(16, layout.size, generator=torch.Generator().manual_seed(1))
     vectors = torch.nn.functional.normalize(emb.mean(1), dim=-1) @ mix
-    ids = [f"id-{s:07d}" for s in range(ROWS)]
+    ids = [f"id-{s:07d}" for s in range(rows)]
     bank = Bank.create(root / "bank", layout)
     bank.append(ids, vectors)
     Normaliser.fit([vectors], layout.hash).save(bank.path / NORMALISER_FILE)
     ConditionTable(ids, emb, embedder.embedder_id).save(bank.path / CONDITIONS_FILE)
-    return root
+    return embedder, photos, vectors, bank
 
 
 def load(root: Path | None = None, delay_s: float | None = None):
