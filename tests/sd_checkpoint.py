@@ -136,6 +136,24 @@ def text_encoder_to_original(text_encoder: torch.nn.Module) -> dict[str, torch.T
     }
 
 
+def sd15_original_keys() -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
+    """Every original-layout key of full-size SD1.5 (from the shipped configs) as an empty
+    (meta) tensor, its shape without memory; and the empty diffusers UNet they came from."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lorasynth.world.pipeline_io import sd15_config_dir
+
+    folder = sd15_config_dir()
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+    keys = {**unet_to_original(unet), **vae_to_original(vae), **text_encoder_to_original(text)}
+    return keys, unet
+
+
 def save_single_file(pipe, path: Path, dtype: torch.dtype = torch.float32) -> Path:
     """The pipeline's UNet, VAE and text encoder in the original SD single-file layout."""
     tensors = {

@@ -103,21 +103,12 @@ def test_sd15_unet_takes_a_synthesized_w2w_lora(sd15_pipeline, tmp_path, fmt):
 
 def test_sd15_single_file_loads_with_the_shipped_configs(tmp_path):
     """A full-size SD1.5 single file (random fp16 weights, ~2.1 GB) loads offline and runs."""
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from lorasynth.generate import load_base
-    from lorasynth.world.pipeline_io import sd15_config_dir
-    from tests.sd_checkpoint import text_encoder_to_original, unet_to_original, vae_to_original
+    from tests.sd_checkpoint import sd15_original_keys
 
-    folder = sd15_config_dir()
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-        text = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-    keys = {**unet_to_original(unet), **vae_to_original(vae), **text_encoder_to_original(text)}
+    keys, _ = sd15_original_keys()
     gen = torch.Generator().manual_seed(0)
     tensors = {k: (0.02 * torch.randn(v.shape, generator=gen)).half() for k, v in keys.items()}
     path = tmp_path / "sd15-random.safetensors"

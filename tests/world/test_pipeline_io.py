@@ -19,9 +19,7 @@ from lorasynth.world.pipeline_io import (
 )
 from tests.sd_checkpoint import (
     save_single_file,
-    text_encoder_to_original,
-    unet_to_original,
-    vae_to_original,
+    sd15_original_keys,
 )
 
 
@@ -99,16 +97,8 @@ def test_unrecognised_single_files_are_refused(tiny_pipeline, tmp_path):
 
 def test_sd15_recognition_matches_the_real_architecture():
     """SD15_SHAPES agrees with the original-layout keys of the shipped SD1.5 configs."""
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     folder = sd15_config_dir()
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-        text = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-    keys = {**unet_to_original(unet), **vae_to_original(vae), **text_encoder_to_original(text)}
+    keys, unet = sd15_original_keys()
     shapes = {k: tuple(v.shape) for k, v in keys.items()}
     assert set(SD15_SHAPES) <= set(shapes)
     check_sd15_checkpoint(folder, shapes)  # passes
