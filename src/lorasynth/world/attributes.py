@@ -13,7 +13,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from lorasynth.world.sampling import BACKGROUNDS, AttributeVector, NuisanceRecord, stream_rng
+from lorasynth.world.sampling import (
+    BACKGROUNDS,
+    PHOTO_RANGES,
+    AttributeVector,
+    NuisanceRecord,
+    stream_rng,
+)
 
 # Domain tags keep the identity and nuisance streams of one seed independent of each other.
 _IDENTITY_DOMAIN = 0x1D3A7
@@ -107,13 +113,7 @@ class Nuisance(NuisanceRecord):
 
     _RANGES: ClassVar[dict[str, tuple[float, float]]] = {
         "yaw": (-1.0, 1.0),
-        "roll_deg": (-30.0, 30.0),
-        "offset_x": (-0.25, 0.25),
-        "offset_y": (-0.25, 0.25),
-        "scale": (0.5, 1.5),
-        "light_angle_deg": (0.0, 360.0),
-        "light_strength": (0.0, 1.0),
-        "brightness": (0.5, 1.5),
+        **PHOTO_RANGES,
         "smile": (0.0, 1.0),
         "eye_openness": (0.0, 1.0),
     }

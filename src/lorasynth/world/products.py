@@ -15,7 +15,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from lorasynth.world.sampling import BACKGROUNDS, AttributeVector, NuisanceRecord, stream_rng
+from lorasynth.world.sampling import (
+    BACKGROUNDS,
+    PHOTO_RANGES,
+    AttributeVector,
+    NuisanceRecord,
+    stream_rng,
+)
 
 # Stream tags of their own: product seed 7 and face seed 7 share nothing.
 _IDENTITY_DOMAIN = 0x9D0C7
@@ -102,15 +108,7 @@ class ProductNuisance(NuisanceRecord):
     table: bool = False
     mirrored: bool = False
 
-    _RANGES: ClassVar[dict[str, tuple[float, float]]] = {
-        "roll_deg": (-30.0, 30.0),
-        "offset_x": (-0.25, 0.25),
-        "offset_y": (-0.25, 0.25),
-        "scale": (0.5, 1.5),
-        "light_angle_deg": (0.0, 360.0),
-        "light_strength": (0.0, 1.0),
-        "brightness": (0.5, 1.5),
-    }
+    _RANGES: ClassVar[dict[str, tuple[float, float]]] = {**PHOTO_RANGES}
 
     _FLAGS: ClassVar[tuple[str, ...]] = ("table", "mirrored")
 

@@ -27,6 +27,17 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "teal": (30, 150, 150),
 }
 
+# Ranges of the nuisances every domain's photos have (pose, placement, light), in field order.
+PHOTO_RANGES: dict[str, tuple[float, float]] = {
+    "roll_deg": (-30.0, 30.0),
+    "offset_x": (-0.25, 0.25),
+    "offset_y": (-0.25, 0.25),
+    "scale": (0.5, 1.5),
+    "light_angle_deg": (0.0, 360.0),
+    "light_strength": (0.0, 1.0),
+    "brightness": (0.5, 1.5),
+}
+
 
 def as_int(value: Any, what: str) -> int:
     """Any integer-like value (Python or numpy int, not bool or float) as a Python int."""
