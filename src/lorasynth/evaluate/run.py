@@ -218,13 +218,13 @@ class Evaluation:
 
         self.m, self.cfg, self.out, self.progress = models, config, Path(out), progress
         self.domain = dom = get_domain(config.domain)
-        check_same_domain(
-            f"bank {models.synth.bank.path}", models.synth.domain, "the evaluation", dom.name
-        )
         if models.eval_embedder.embedder_id == models.synth.embedder.embedder_id:
             raise LorasynthError(
                 f"the judging embedder must not be the conditioning embedder (use {dom.judge})"
             )
+        check_same_domain(
+            f"bank {models.synth.bank.path}", models.synth.domain, "the evaluation", dom.name
+        )
         if models.heldout is not None and config.identities > len(models.heldout):
             raise LorasynthError(
                 f"{models.heldout.path}: {len(models.heldout)} held-out {dom.name} subjects, "
