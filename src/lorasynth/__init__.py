@@ -1,8 +1,8 @@
 """lorasynth: zero-shot LoRA synthesis for diffusion models, and the LoRA library around it.
 
-    import lorasynth
-    result = lorasynth.synthesize(["me.png"], out="me.safetensors")   # shipped mini-world models
-    print(result.time_ms, result.path)
+>>> import lorasynth
+>>> result = lorasynth.synthesize(["me.png"], out="me.safetensors")  # shipped models
+>>> print(result.time_ms, result.path)
 """
 
 from __future__ import annotations
