@@ -295,7 +295,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Ten
         truncation=True,
         return_tensors="pt",
     ).input_ids
-    return text_encoder(ids)[0]
+    return text_encoder(ids.to(text_encoder.device))[0]
 
 
 def diffusion_loss(
@@ -303,8 +303,10 @@ def diffusion_loss(
     generator: torch.Generator,
 ) -> torch.Tensor:  # fmt: skip
     """MSE between the UNet's prediction and its target (eps or v) at uniform timesteps."""
-    noise = torch.randn(latents.shape, generator=generator)
+    # Draws come from the CPU generator (the same on any device), then move to the latents.
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    t = t.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
     if scheduler.config.prediction_type == "epsilon":
         target = noise
@@ -325,17 +327,25 @@ def load_vae(out_dir: Path) -> AutoencoderKL:
 
 
 def train_unet(
-    out_dir: Path, steps: int, cfg: UNetTrainConfig, resume: bool = False, progress: bool = True
+    out_dir: Path,
+    steps: int,
+    cfg: UNetTrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train UNet + text encoder to `steps` total steps; writes OUT/pipeline (EMA weights)."""
+    """Train UNet + text encoder to `steps` total steps; writes OUT/pipeline (EMA weights).
+
+    `device` (e.g. "cuda") is not part of the config: a run may move between machines.
+    """
     out_dir = Path(out_dir)
     state_path = out_dir / "unet-state.safetensors"
-    vae = load_vae(out_dir)
+    vae = load_vae(out_dir).to(device)
     tokenizer = make_tokenizer(cfg.pipeline.text)
     scheduler = make_train_scheduler(cfg.pipeline.scheduler)
     torch.manual_seed(cfg.seed)  # initialisation only
-    unet = make_unet(cfg.pipeline.unet, cfg.pipeline.vae, cfg.pipeline.text).train()
-    text_encoder = make_text_encoder(cfg.pipeline.text, tokenizer).train()
+    unet = make_unet(cfg.pipeline.unet, cfg.pipeline.vae, cfg.pipeline.text).train().to(device)
+    text_encoder = make_text_encoder(cfg.pipeline.text, tokenizer).train().to(device)
     ema_unet, ema_text = Ema(unet), Ema(text_encoder)
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -361,7 +371,7 @@ def train_unet(
             drop = torch.rand(len(captions), generator=gen) < cfg.caption_dropout
             prompts = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
             with torch.no_grad():
-                posterior = vae.encode(to_model_range(images)).latent_dist
+                posterior = vae.encode(to_model_range(images).to(device)).latent_dist
                 latents = posterior.sample(generator=gen) * vae.config.scaling_factor
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
@@ -616,10 +626,11 @@ def build_unet(
     seed: int = 0,
     domain: str = "faces",
     pipeline: PipelineConfig | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """The `unet` stage with default settings (what `lorasynth world build --stage unet` runs)."""
     cfg = UNetTrainConfig(pipeline=pipeline or PipelineConfig(), seed=seed, domain=domain)
-    return train_unet(Path(out_dir), steps, cfg, resume, progress)
+    return train_unet(Path(out_dir), steps, cfg, resume, progress, device)
 
 
 def evaluate_run(
@@ -676,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=1.5, help="evaluate: CFG scale")
     parser.add_argument("--dest", type=Path, default=None, help="export: default assets/mini-world")
     parser.add_argument("--domain", default="faces", help="faces or products")
+    parser.add_argument("--device", default="cpu", help="unet: torch device, e.g. cuda")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     # SIGTERM stops like Ctrl-C: the unet stage then saves its checkpoint and pipeline.
@@ -687,7 +699,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             record = build_vae(args.out, steps, args.resume, True, args.seed, domain.name)
         elif args.stage == "unet":
             steps = args.steps or 10_000
-            record = build_unet(args.out, steps, args.resume, True, args.seed, domain.name)
+            record = build_unet(
+                args.out, steps, args.resume, True, args.seed, domain.name, device=args.device
+            )
         elif args.stage == "evaluate":
             record = evaluate_run(args.out, args.samples, domain.name, guidance_scale=args.guidance)
         else:
