@@ -42,6 +42,8 @@ def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
         "synthesis",
     }
     assert all("--domain products" in s["how_made"] for s in manifest["stages"].values())
+    synthesis_files = manifest["stages"]["synthesis"]["measured"]["files"]
+    assert synthesis_files["vae"] == "synthesis/lora-vae.safetensors"  # relative: the repo moves
     assert not (tiny_world / "assets" / "mini-world" / "manifest.json").exists()  # faces untouched
     assert (root / "embedders" / "mini-style.safetensors").is_file()
     assert (root / "embedders" / "attribute-regressor.safetensors").is_file()

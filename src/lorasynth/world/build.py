@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from lorasynth.domains import DOMAIN_KEY, Domain, get_domain
@@ -289,7 +289,11 @@ def _stage_synthesis(world: WorldConfig, resume: bool, progress: bool) -> dict:
     root = _domain(world).root()
     made = build_synthesis_models(world.synthesis, resume, progress, domain=world.domain)
     files = sorted(p for p in (root / "synthesis").rglob("*.safetensors"))
-    record_stage("synthesis", files, _how(world, "synthesis"), {"files": made}, root=root)
+    # The manifest travels with the repo: name the files relative to the mini-world folder.
+    relative = {name: Path(path).relative_to(root).as_posix() for name, path in made.items()}
+    # The config says what was trained (e.g. prior steps), which the command alone does not.
+    measured = {"files": relative, "config": asdict(world.synthesis)}
+    record_stage("synthesis", files, _how(world, "synthesis"), measured, root=root)
     return made
 
 
