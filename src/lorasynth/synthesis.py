@@ -274,7 +274,8 @@ class Synthesizer:
 
     def _lincomb(self, cond: torch.Tensor) -> torch.Tensor:
         k = min(self.lincomb_k, len(self.bank))
-        top = (self.bank_embeddings @ cond).topk(k).indices
+        nearest = (self.bank_embeddings @ cond).topk(k)
+        top = nearest.indices
         basis = self.bank_embeddings[top].double()  # (k, E)
         centre = self.bank_embeddings.mean(0).double()
         # Ridge: find w with centre + (basis - centre)^T w ~ cond, small |w|.
@@ -287,7 +288,7 @@ class Synthesizer:
         # A combination of many high-dimensional LoRAs shrinks towards the mean (measured on the
         # mini-world: half the norm, ID similarity 0.10 vs 0.19 for nearest); give it the
         # similarity-weighted norm of its neighbours' deviations (0.19 then).
-        closeness = torch.softmax((basis @ cond.double()) / LINCOMB_TEMPERATURE, 0)
+        closeness = torch.softmax(nearest.values.double() / LINCOMB_TEMPERATURE, 0)
         target_norm = closeness @ neighbours.norm(dim=1)
         deviation = deviation * (target_norm / deviation.norm().clamp_min(1e-12))
         return (mean_vector + deviation).float()
