@@ -19,7 +19,7 @@ def test_bank_of_another_base_unet_is_refused_before_training(tmp_path, monkeypa
     monkeypatch.setenv("LORASYNTH_ASSETS", str(tmp_path / "assets"))
     monkeypatch.setenv("LORASYNTH_BUILD", str(tmp_path / "build"))
     monkeypatch.setattr(bank_build, "bank_layout", lambda pipeline, config: LAYOUT)
-    monkeypatch.setattr(wb, "base_unet_id", lambda pipeline: "new0000000000000")
+    monkeypatch.setattr(bank_build, "base_unet_id", lambda pipeline: "new0000000000000")
     monkeypatch.setattr(wb, "_run_workers", lambda *a, **k: pytest.fail("trained anyway"))
     bank_path = tmp_path / "assets" / "mini-world" / "bank"
     Bank.create(bank_path, LAYOUT, {"domain": "faces", "base_unet": "old0000000000000"})
@@ -32,4 +32,13 @@ def test_base_unet_id_is_the_weights_file_hash_prefix(tmp_path):
     unet = tmp_path / "unet"
     unet.mkdir()
     (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
-    assert wb.base_unet_id(tmp_path) == (hashlib.sha256(b"weights").hexdigest()[:16])
+    assert bank_build.base_unet_id(tmp_path) == (hashlib.sha256(b"weights").hexdigest()[:16])
+
+
+def test_a_worker_run_directly_is_refused_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(bank_build, "bank_layout", lambda pipeline, config: LAYOUT)
+    monkeypatch.setattr(bank_build, "base_unet_id", lambda pipeline: "new0000000000000")
+    Bank.create(tmp_path / "bank", LAYOUT, {"domain": "faces", "base_unet": "old0000000000000"})
+
+    with pytest.raises(LorasynthError, match=r"old0000000000000.*new0000000000000"):
+        bank_build.build_split(tmp_path / "pipeline", "train", 1, tmp_path / "bank", wb.WORLD.bank)

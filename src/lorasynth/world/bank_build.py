@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lorasynth.atomic import write_json_atomic
+from lorasynth.atomic import sha256_file, write_json_atomic
 from lorasynth.bank import Bank
 from lorasynth.domains import DOMAIN_KEY, get_domain
+from lorasynth.errors import LorasynthError
 from lorasynth.lora import LoraFile, LoraLayout, flatten_batch, write_lora
 from lorasynth.world.identities import LORA_TRAINING_PHOTOS, bank_id, identity_seeds
 from lorasynth.world.lora_trainer import LoraTrainConfig, train_subject_loras
@@ -114,6 +115,27 @@ def bank_layout(pipeline_dir: Path, config: BankBuildConfig) -> LoraLayout:
     return LoraLayout.from_unet_config(unet_config, config.lora.preset, config.lora.rank)
 
 
+def base_unet_id(pipeline_dir: Path) -> str:
+    """Which UNet weights a bank's LoRAs were trained on (sha256 prefix of the weights file)."""
+    return sha256_file(pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors")[:16]
+
+
+def open_bank(
+    bank_path: Path, pipeline_dir: Path, layout: LoraLayout, config: BankBuildConfig
+) -> Bank:
+    """The bank that LoRAs trained on `pipeline_dir` go into (created if absent); refuses a
+    bank trained on another base UNet, since LoRAs only mean something on their own UNet."""
+    base = base_unet_id(pipeline_dir)
+    extra = {DOMAIN_KEY: config.domain, "base_unet": base}
+    bank = Bank.open_or_create(bank_path, layout, extra=extra)
+    if bank.extra.get("base_unet", base) != base:
+        raise LorasynthError(
+            f"{bank_path} was trained on base UNet {bank.extra['base_unet']}, the UNet of "
+            f"{pipeline_dir} is {base}; delete the bank to rebuild it on this pipeline"
+        )
+    return bank
+
+
 def build_split(
     pipeline_dir: Path,
     split: str,
@@ -137,7 +159,7 @@ def build_split(
     seeds = identity_seeds(split, count)
     chunks = [seeds[i : i + config.chunk] for i in range(0, len(seeds), config.chunk)]
     layout = bank_layout(pipeline_dir, config)
-    bank = Bank.open_or_create(bank_path, layout, extra={DOMAIN_KEY: config.domain})
+    bank = open_bank(bank_path, pipeline_dir, layout, config)
     todo = [
         (k, chunk)
         for k, chunk in enumerate(chunks)

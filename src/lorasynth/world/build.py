@@ -164,23 +164,14 @@ def _bank_split(
 ) -> Callable[[WorldConfig, bool, bool], dict]:
     def run(world: WorldConfig, resume: bool, progress: bool) -> dict:
         from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
-        from lorasynth.world.bank_build import bank_layout
+        from lorasynth.world.bank_build import bank_layout, open_bank
 
         domain = _domain(world)
         config = replace(world.bank, domain=domain.name)
         pipeline = domain.root() / "pipeline"
         bank_path = domain.root() / bank_name
         logs_dir = domain.build_root() / "bank-logs" / split
-        layout = bank_layout(pipeline, config)
-        base = base_unet_id(pipeline)
-        extra = {DOMAIN_KEY: domain.name, "base_unet": base}
-        bank = Bank.open_or_create(bank_path, layout, extra=extra)  # before workers race
-        if bank.extra.get("base_unet", base) != base:
-            # LoRAs only mean something on the UNet they were trained on.
-            raise LorasynthError(
-                f"{bank_path} was trained on base UNet {bank.extra['base_unet']}, the shipped "
-                f"pipeline's UNet is {base}; delete the bank to rebuild it on this pipeline"
-            )
+        open_bank(bank_path, pipeline, bank_layout(pipeline, config), config)  # before workers race
         start = time.perf_counter()
         _run_workers(pipeline, split, count(world), bank_path, logs_dir, config, world.workers)
         trained = time.perf_counter() - start
@@ -209,13 +200,6 @@ def _bank_split(
         return measured
 
     return run
-
-
-def base_unet_id(pipeline: Path) -> str:
-    """Which UNet weights a bank's LoRAs were trained on (sha256 prefix of the weights file)."""
-    from lorasynth.atomic import sha256_file
-
-    return sha256_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors")[:16]
 
 
 def _run_workers(
