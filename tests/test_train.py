@@ -75,6 +75,20 @@ def test_vae_then_prior_train_and_record_provenance(tmp_path):
     assert extra["latent_std"].shape == (8,)
     assert json.loads((tmp_path / "prior" / "config.json").read_text())["config"]["target"] == "v"
 
+    # The shipped copies store float16 weights: same hash (same trained model), float32 models.
+    from lorasynth.lora.safetensors_io import save_half_copy
+
+    half = tmp_path / "vae-half.safetensors"
+    save_half_copy(vae_path, half, keys=lambda key: key.startswith("model."))
+    half_vae, half_prov, digest = load_vae(half)
+    assert half.stat().st_size < 0.6 * vae_path.stat().st_size
+    assert digest == load_vae(vae_path)[2] and half_prov == load_vae(vae_path)[1]
+    assert all(p.dtype == torch.float32 for p in half_vae.parameters())
+    x = torch.randn(4, LAYOUT.size)
+    with torch.no_grad():
+        full_out, half_out = vae.encode(x)[0], half_vae.encode(x)[0]
+    assert torch.allclose(full_out, half_out, atol=1e-2) and not torch.equal(full_out, half_out)
+
 
 @pytest.mark.parametrize("representation", ["pca", "raw"])
 def test_prior_over_pca_or_raw(tmp_path, representation):

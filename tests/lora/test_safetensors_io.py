@@ -103,3 +103,21 @@ def test_written_files_are_byte_reproducible_and_standard(tmp_path):
         assert fh.metadata() == meta
         for key, value in tensors.items():
             assert torch.equal(fh.get_tensor(key), value)
+
+
+def test_half_copy_halves_selected_float32_tensors_and_keeps_metadata(tmp_path):
+    from lorasynth.lora.safetensors_io import save_half_copy
+
+    src = tmp_path / "full.safetensors"
+    weights = torch.randn(64, 64)
+    tensors = {"model.w": weights, "extra.mean": torch.randn(8), "ids": torch.arange(4)}
+    save_tensors(src, tensors, {"weights_hash": "abc"})
+    dst = tmp_path / "half.safetensors"
+    size = save_half_copy(src, dst, keys=lambda key: key.startswith("model."))
+    got, meta = load_tensors(dst)
+    assert got["model.w"].dtype == torch.float16
+    assert torch.equal(got["model.w"], weights.half())
+    assert torch.equal(got["extra.mean"], tensors["extra.mean"])  # not selected: unchanged
+    assert torch.equal(got["ids"], tensors["ids"])  # not float32: unchanged
+    assert meta == {"weights_hash": "abc", "stored_dtype": "float16"}
+    assert size == dst.stat().st_size < src.stat().st_size

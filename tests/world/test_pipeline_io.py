@@ -129,3 +129,20 @@ def test_folder_with_pickled_weights_is_refused(tiny_pipeline, tmp_path):
     tiny_pipeline.save_pretrained(str(folder), safe_serialization=False)
     with pytest.raises(LorasynthError, match="could not load as a pipeline"):
         load_base(folder)
+
+
+def test_folder_with_half_precision_weights_loads_as_float32(tiny_pipeline, tmp_path):
+    from lorasynth.lora.safetensors_io import save_half_copy
+
+    folder = tmp_path / "pipe"
+    tiny_pipeline.save_pretrained(str(folder))
+    for weights in folder.rglob("*.safetensors"):
+        save_half_copy(weights, weights)
+    pipe = load_base(folder)
+    for name in ("unet", "vae", "text_encoder"):
+        module = getattr(pipe, name)
+        assert module.dtype == torch.float32, name
+        want = getattr(tiny_pipeline, name).state_dict()
+        for key, value in module.state_dict().items():
+            if value.is_floating_point():
+                assert torch.equal(value, want[key].half().float()), (name, key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -139,3 +140,24 @@ def save_tensors(
 def _looks_like_pickle(head: bytes) -> bool:
     # Pickle protocol 2+ starts with 0x80 <proto>; torch.save's default is a zip archive.
     return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
+
+
+STORED_DTYPE_KEY = "stored_dtype"
+
+
+def save_half_copy(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    keys: Callable[[str], bool] = lambda key: True,
+) -> int:
+    """Copy a safetensors file with its float32 tensors (those `keys` selects) stored as float16.
+
+    Shipped weights are stored at half the bytes; loaders upcast to float32, since CPU
+    inference wants float32. Metadata is kept (plus stored_dtype=float16), so hashes that name
+    the trained model (weights_hash) still name it. Returns the bytes written."""
+    tensors, metadata = load_tensors(src)
+    halved = {
+        key: t.half() if t.dtype == torch.float32 and keys(key) else t for key, t in tensors.items()
+    }
+    save_tensors(dst, halved, {**metadata, STORED_DTYPE_KEY: "float16"})
+    return Path(dst).stat().st_size

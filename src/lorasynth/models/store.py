@@ -96,6 +96,8 @@ def _load(path: str | os.PathLike[str], kind: str) -> tuple[dict, dict, Provenan
         )
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise LorasynthError(f"{path}: malformed model header ({exc})") from None
+    # Shipped files store weights as float16 (save_half_copy); models run in float32.
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     extra = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
     return config, weights, provenance, extra, meta.get("weights_hash", "")

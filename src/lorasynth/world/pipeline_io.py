@@ -64,6 +64,7 @@ def load_pipeline(path: str | os.PathLike[str], config: str | os.PathLike[str] |
 
 
 def _load_folder(path: Path):
+    import torch
     from diffusers import StableDiffusionPipeline
 
     if not (path / "model_index.json").is_file():
@@ -73,6 +74,7 @@ def _load_folder(path: Path):
             str(path),
             local_files_only=True,
             use_safetensors=True,  # .bin weights are pickles: refused
+            torch_dtype=torch.float32,  # shipped weights are float16; CPU inference wants float32
             safety_checker=None,
             requires_safety_checker=False,
         )

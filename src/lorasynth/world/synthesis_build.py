@@ -20,6 +20,7 @@ from lorasynth.bank import Bank
 from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
 from lorasynth.domains import check_same_domain, get_domain, load_mini_embedder
 from lorasynth.errors import LorasynthError
+from lorasynth.lora.safetensors_io import save_half_copy
 from lorasynth.train import PRIOR_FILE, PriorTrainConfig, VAETrainConfig, train_prior, train_vae
 
 DEFAULT_PRIOR = "adalora-v"
@@ -28,6 +29,9 @@ DEFAULT_PRIOR = "adalora-v"
 @dataclass(frozen=True)
 class SynthesisBuildConfig:
     condition_photos: int = 8
+    # Ship the VAE and priors with float16 weights (half the bytes; loaders upcast). The
+    # priors train against the shipped VAE, so they see exactly the latents users get.
+    half_precision: bool = True
     vae: VAETrainConfig = field(
         default_factory=lambda: VAETrainConfig(
             latent_dim=64, hidden=512, depth=2, steps=6000, batch_size=128
@@ -84,6 +88,14 @@ def build_conditions(
     return table.save(bank.path / CONDITIONS_FILE)
 
 
+def _ship(trained: Path, target: Path, half: bool) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if half:
+        save_half_copy(trained, target, keys=lambda key: key.startswith("model."))
+    else:
+        write_bytes_atomic(target, trained.read_bytes())
+
+
 def build_synthesis_models(
     config: SynthesisBuildConfig, resume: bool = True, progress: bool = True, domain: str = "faces"
 ) -> dict:
@@ -96,7 +108,7 @@ def build_synthesis_models(
     vae_path = train_vae(bank, runs / "vae", config.vae, resume=resume, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     shipped_vae = out / "lora-vae.safetensors"
-    write_bytes_atomic(shipped_vae, vae_path.read_bytes())
+    _ship(vae_path, shipped_vae, config.half_precision)
     made = {"vae": str(shipped_vae)}
     for k, (name, overrides) in enumerate(config.priors.items()):
         prior_config = replace(config.prior, **overrides)
@@ -110,6 +122,6 @@ def build_synthesis_models(
             progress=progress,
         )
         target = out / (PRIOR_FILE if k == 0 else f"priors/prior-{name}.safetensors")
-        write_bytes_atomic(target, trained.read_bytes())
+        _ship(trained, target, config.half_precision)
         made[name] = str(target)
     return made

@@ -42,6 +42,7 @@ from lorasynth.atomic import write_json_atomic
 from lorasynth.checkpoint import load_training_state, save_training_state
 from lorasynth.domains import DOMAIN_KEY, get_domain
 from lorasynth.errors import LorasynthError
+from lorasynth.lora.safetensors_io import save_half_copy
 from lorasynth.world.attributes import BACKGROUNDS, Nuisance
 from lorasynth.world.pipeline_build import (
     PipelineConfig,
@@ -652,8 +653,11 @@ def evaluate_run(
     return metrics
 
 
-def export_run(out_dir: Path, dest: Path, extra: dict[str, Any] | None = None) -> Path:
-    """Copy OUT/pipeline to DEST/pipeline; write DEST/pipeline-build.json (config, metrics, extra)."""
+def export_run(
+    out_dir: Path, dest: Path, extra: dict[str, Any] | None = None, half: bool = True
+) -> Path:
+    """Copy OUT/pipeline to DEST/pipeline (weights as float16 when `half`: half the bytes; the
+    loaders upcast); write DEST/pipeline-build.json (config, metrics, extra)."""
     out_dir, dest = Path(out_dir), Path(dest)
     records = {}
     for name in ("vae-run.json", "unet-run.json", "metrics.json"):
@@ -665,10 +669,18 @@ def export_run(out_dir: Path, dest: Path, extra: dict[str, Any] | None = None) -
     tmp = dest / "pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(out_dir / "pipeline", tmp)
+    if half:
+        for weights in sorted(tmp.rglob("*.safetensors")):
+            save_half_copy(weights, weights)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
-    record = {**records, "pipeline_bytes": size, **(extra or {})}
+    record = {
+        **records,
+        "pipeline_bytes": size,
+        "stored_dtype": "float16" if half else "float32",
+        **(extra or {}),
+    }
     write_json_atomic(dest / "pipeline-build.json", record)
     return target
 
