@@ -165,3 +165,22 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path):
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-3, abs=1e-5)
+
+
+def test_prior_on_the_first_subjects_only(tmp_path, monkeypatch):
+    """The bank-size ablation: `subjects` limits which bank rows the prior ever sees."""
+    bank, cond = make_synthetic_bank(tmp_path)
+    seen: list[int] = []
+    original = Bank.gather
+
+    def gather(self, rows):
+        seen.extend(rows)
+        return original(self, rows)
+
+    monkeypatch.setattr(Bank, "gather", gather)
+    config = replace(PRIOR_CFG, steps=5, subjects=7, representation="raw")
+    train_prior(bank, cond, tmp_path / "p", config, progress=False)
+    assert seen and max(seen) < 7 and len(set(seen)) > 1
+    seen.clear()
+    train_prior(bank, cond, tmp_path / "all", replace(config, subjects=0), progress=False)
+    assert max(seen) >= 7  # 0: the whole bank (96 rows)

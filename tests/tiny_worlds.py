@@ -14,6 +14,7 @@ from lorasynth.faces.mini import EmbedderConfig
 from lorasynth.train import PriorTrainConfig, VAETrainConfig
 from lorasynth.world import build as wb
 from lorasynth.world import train_embedders as te
+from lorasynth.world.ablations import AblationConfig
 from lorasynth.world.bank_build import BankBuildConfig
 from lorasynth.world.lora_trainer import LoraTrainConfig
 from lorasynth.world.pipeline_build import TINY_CONFIG
@@ -50,6 +51,8 @@ TINY_PRODUCTS = wb.WorldConfig(
         ),
         priors={"adalora-v": {}},
     ),
+    # One of each kind: raw vectors, a 2-wide latent, the first 2 of the 3 subjects.
+    ablations=AblationConfig(representations=("raw",), latent_sizes=(2,), bank_sizes=(2, 5)),
 )
 
 

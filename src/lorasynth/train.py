@@ -71,6 +71,9 @@ class PriorTrainConfig:
     latent_noise: float = 0.0  # sample VAE posteriors instead of means (augmentation)
     seed: int = 0
     checkpoint_every: int = 1000
+    # Train on the bank's first N subjects only (0: all): the bank-size scaling ablation. The
+    # normaliser and VAE stay those of the whole bank, so only the prior's data shrinks.
+    subjects: int = 0
 
 
 class _Run:
@@ -311,10 +314,11 @@ def train_prior(
         total=config.steps,
     )
     n_photos = table.embeddings.shape[1]
+    n_subjects = min(config.subjects, len(bank)) if config.subjects > 0 else len(bank)
     rep, mean, std = _on_device(rep, run.device), mean.to(run.device), std.to(run.device)
     for step in bar:
         gen = run.step_generator(step)
-        rows = torch.randint(len(bank), (config.batch_size,), generator=gen)
+        rows = torch.randint(n_subjects, (config.batch_size,), generator=gen)
         photos = torch.randint(n_photos, (config.batch_size,), generator=gen)
         t = draw_times(config.batch_size, gen)
         eps = torch.randn(config.batch_size, rep.dim, generator=gen)

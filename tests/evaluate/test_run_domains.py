@@ -48,7 +48,19 @@ def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_pa
     assert cfg["embedder_condition"].startswith("mini-style/")
     assert cfg["embedder_eval"].startswith("mini-style-eval/")
     methods = saved["methods"]
-    assert set(methods) == {"base", "nearest", "diffusion", "trained"}  # one prior: the default
+    # One shipped prior (the default) and the three ablation priors that the build stage made.
+    ablations = {"diffusion-raw", "diffusion-latent2", "diffusion-bank2"}
+    assert set(methods) == {"base", "nearest", "diffusion", "trained"} | ablations
+    curves = saved["ablations"]
+    assert list(curves["bank_size"]) == ["2", "3"]  # 3: the default prior, on the whole bank
+    assert curves["bank_size"]["3"]["method"] == "diffusion"
+    assert curves["bank_size"]["2"]["id_sim_mean"] == methods["diffusion-bank2"]["id_sim_mean"]
+    assert list(curves["latent_size"]) == ["2", "4"] and list(curves["representation"]) == [
+        "raw",
+        "vae",
+    ]
+    assert "not_built" not in curves
+    assert methods["diffusion-latent2"]["latent_bytes"] == 8  # its own 2-wide VAE
     assert "absent" not in methods["diffusion"] and methods["diffusion"]["latent_bytes"] == 16
     assert methods["base"]["normalised_fidelity"] == 0.0
     assert methods["trained"]["normalised_fidelity"] == 1.0
@@ -58,6 +70,8 @@ def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_pa
     domain_report = (out / "products" / "report.md").read_text()
     assert domain_report.startswith("# lorasynth evaluation (mini-world, products)")
     assert (out / "products" / "plots" / "grid.png").is_file()
+    assert (out / "products" / "plots" / "ablations.png").is_file()
+    assert "## Bank size" in domain_report and "| 2 | diffusion-bank2 |" in domain_report
     report = (out / "report.md").read_text()
     faces, products = report.split("## faces")[1].split("## products")
     assert "Not evaluated: the faces models are not built" in faces

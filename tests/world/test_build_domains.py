@@ -60,6 +60,15 @@ def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
     assert prov.domain == "products" and prov.embedder_id == table.embedder_id
     vae_meta = load_tensors(root / "synthesis" / "lora-vae.safetensors")[1]
     assert vae_meta["lorasynth.domain"] == "products"
+    assert vae_meta["stored_dtype"] == "float16"  # shipped at half the bytes
+
+    # Ablation priors: in build/, not shipped; bank sizes at or above the bank's are skipped.
+    ablations = tiny_world / "build" / "mini-world" / "products" / "synthesis-ablations"
+    assert sorted(p.name for p in ablations.iterdir()) == ["bank2", "latent2", "raw"]
+    assert (ablations / "latent2" / "lora-vae.safetensors").is_file()
+    assert not (ablations / "raw" / "lora-vae.safetensors").exists()
+    assert load_prior(ablations / "raw" / "prior.safetensors")[1].representation == "raw"
+    assert not any("ablation" in rel for rel in manifest["files"])
 
     # Synthesis in the products domain: its bank, prior, conditioner and prompt by default.
     from lorasynth.lora import read_lora

@@ -92,7 +92,8 @@ def build(
     stage: Annotated[
         str | None,
         typer.Option(
-            help="One stage: embedders, vae, unet, bank, heldout (default: all, in order)."
+            help="One stage: embedders, vae, unet, bank, heldout, conditions, synthesis, "
+            "ablations (default: all, in order)."
         ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from checkpoints in build/.")] = True,

@@ -51,6 +51,7 @@ def write_report(out: Path, results: dict, ev) -> Path:
     made = [
         fidelity_vs_time(results["methods"], plots / "fidelity-vs-time.png", judge),
         image_grid(ev, plots / "grid.png"),
+        ablation_plot(results["ablations"], plots / "ablations.png", judge),
     ]
     parts = [
         f"# lorasynth evaluation (mini-world, {cfg.get('domain', 'faces')})",
@@ -83,11 +84,69 @@ def write_report(out: Path, results: dict, ev) -> Path:
                 f"| {k} | {v['id_sim_mean']:.3f} ± {v['id_sim_ci95']:.3f} | {v['sample_ms']:.1f} |"
                 for k, v in sweep.items()
             ]
+    parts += curve_tables(results["ablations"])
     for note in results["ablations"].get("not_built", []):
         parts.append(f"\n- not in this report: {note}")
     parts += ["", *[f"![{p.stem}](plots/{p.name})" for p in made if p is not None], ""]
     path = out / "report.md"
     path.write_text("\n".join(parts))
+    return path
+
+
+CURVES = (
+    ("representation", "What the prior models (VAE latent vs PCA coefficients vs raw vectors)"),
+    ("latent_size", "LoRA VAE latent size"),
+    ("bank_size", "Bank size: subjects the prior was trained on (scaling curve)"),
+)
+
+
+def curve_tables(ablations: dict) -> list[str]:
+    """One small table per ablation curve (the default prior is one of its points)."""
+    parts = []
+    for key, title in CURVES:
+        curve = ablations.get(key)
+        if not curve:
+            continue
+        parts += ["", f"## {title}", "", "| value | method | ID sim | norm. fidelity | top-1 |"]
+        parts.append("|---|---|---|---|---|")
+        for value, row in curve.items():
+            parts.append(
+                f"| {value} | {row['method']} | {_cell(row, 'id_sim_mean', '{:.3f}')} | "
+                f"{_cell(row, 'normalised_fidelity', '{:.2f}')} | {_cell(row, 'top1', '{:.2f}')} |"
+            )
+    return parts
+
+
+def ablation_plot(ablations: dict, path: Path, judge: str = "mini-eval") -> Path | None:
+    """Normalised fidelity along each ablation curve; bank and latent size on log axes."""
+    curves = [(key, title) for key, title in CURVES if ablations.get(key)]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.4), dpi=120, squeeze=False)
+    for ax, (key, title) in zip(axes[0], curves, strict=True):
+        curve = ablations[key]
+        values = list(curve)
+        sims = [curve[v]["id_sim_mean"] for v in values]
+        cis = [curve[v].get("id_sim_ci95") or 0.0 for v in values]
+        numeric = all(v.isdigit() for v in values)
+        xs = [int(v) for v in values] if numeric else list(range(len(values)))
+        ax.errorbar(xs, sims, yerr=cis, marker="o", capsize=3)
+        if numeric:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, values)
+        else:
+            ax.set_xticks(xs, values)
+        ax.set_title(title.split(" (")[0].split(":")[0], fontsize=9)
+        ax.set_ylabel(f"ID similarity ({judge})", fontsize=8)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
     return path
 
 

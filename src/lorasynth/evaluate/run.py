@@ -43,6 +43,7 @@ from lorasynth.evaluate.metrics import (
 )
 from lorasynth.lora import LoraFile, LoraLayout, unflatten, write_lora
 from lorasynth.synthesis import Prior, Synthesizer
+from lorasynth.world.ablations import built_ablations
 from lorasynth.world.identities import bank_id, identity_seeds
 
 SUBJECT = "a photo of sks person"
@@ -137,6 +138,9 @@ class EvalModels:
     trainer_config: object | None = None
     # Attributes the regressor predicts better than the mean (the others would only add noise).
     informative_attributes: tuple[str, ...] | None = None
+    # Ablation variants (world build --stage ablations): method -> (group, value), e.g.
+    # "diffusion-bank500" -> ("bank_size", "500"); their priors are in `variants` too.
+    ablation_groups: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def attribute_columns(self) -> list[int]:
         names = self.domain.attribute_names
@@ -180,6 +184,16 @@ class EvalModels:
                 synth.embedder.embedder_id,
                 root / "synthesis" / "lora-vae.safetensors",
             )
+        groups = {}
+        for method, (ablation, prior_path, own_vae) in built_ablations(dom).items():
+            variants[method] = Prior.load(
+                prior_path,
+                synth.bank,
+                synth.normaliser,
+                synth.embedder.embedder_id,
+                own_vae or root / "synthesis" / "lora-vae.safetensors",
+            )
+            groups[method] = (ablation.group, ablation.value)
         try:
             regressor = load_regressor(root / "embedders" / f"{REGRESSOR_NAME}.safetensors")
         except LorasynthError:
@@ -201,6 +215,7 @@ class EvalModels:
             regressor,
             WORLDS[dom.name].bank,
             tuple(informative) if informative else None,
+            groups,
         )
 
 
@@ -504,8 +519,9 @@ def evaluate(
             "embedder_eval": models.eval_embedder.embedder_id,
         },
     }
-    if config.ablations:
+    if config.ablations:  # the extra settings and sweeps (the curves below cost nothing more)
         results["ablations"] = run_ablations(ev, config, methods)
+    results["ablations"].update(ablation_curves(results["methods"], models))
     results["seconds"] = round(time.perf_counter() - began, 1)
     write_json_atomic(out / "results.json", results)
     from lorasynth.evaluate.report import write_report
@@ -567,11 +583,45 @@ def run_ablations(ev: Evaluation, config: EvalConfig, methods: Sequence[str]) ->
     if ev.m.synth.prior is not None:
         ablations["prior_steps"] = {str(k): sweep_point(ev, steps=k) for k in (5, 10, 25, 50)}
         ablations["prior_guidance"] = {str(g): sweep_point(ev, guidance=g) for g in (1.0, 2.0, 4.0)}
-    ablations["not_built"] = [
-        "bank-size scaling (priors on 500 / 1,000 identities): their build stage has not run",
-        "latent-size sweep: its build stage has not run",
-    ]
     return ablations
+
+
+CURVE_KEYS = ("id_sim_mean", "id_sim_ci95", "normalised_fidelity", "top1", "time_to_lora_ms")
+
+
+def ablation_curves(rows: dict[str, dict], models: EvalModels) -> dict:
+    """Representation, latent size and bank size: each a {value: scores} curve whose default
+    point is the shipped prior's own row; a group with no built model is named in not_built."""
+    from lorasynth.world.ablations import GROUPS, default_values
+
+    prior = models.synth.prior
+    latent = prior.representation.dim if prior is not None else 0
+    defaults = default_values(latent, len(models.synth.bank))
+    curves: dict = {"not_built": []}
+    for group in GROUPS:
+        members = {
+            value: method
+            for method, (g, value) in models.ablation_groups.items()
+            if g == group and not rows.get(method, {}).get("absent")
+        }
+        if not members or "diffusion" not in rows or rows["diffusion"].get("absent"):
+            curves["not_built"].append(
+                f"{group.replace('_', ' ')}: no ablation prior built "
+                f"(`lorasynth world build --domain {models.domain.name} --stage ablations`)"
+            )
+            continue
+        members[defaults[group]] = "diffusion"
+        ordered = sorted(members, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else v))
+        curves[group] = {
+            value: {
+                "method": members[value],
+                **{k: rows[members[value]].get(k) for k in CURVE_KEYS},
+            }
+            for value in ordered
+        }
+    if not curves["not_built"]:
+        del curves["not_built"]
+    return curves
 
 
 def sweep_point(ev: Evaluation, steps: int | None = None, guidance: float | None = None) -> dict:

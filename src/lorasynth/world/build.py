@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lorasynth.domains import DOMAIN_KEY, Domain, get_domain
 from lorasynth.errors import LorasynthError
+from lorasynth.world.ablations import AblationConfig
 from lorasynth.world.assets import load_manifest, record_stage
 from lorasynth.world.bank_build import BankBuildConfig
 from lorasynth.world.lora_trainer import LoraTrainConfig
@@ -53,6 +54,7 @@ class WorldConfig:
     pipeline_eval_samples: int = 500
     embedder_eval_identities: int = 1000
     regressor_identities: int = 8000
+    ablations: AblationConfig = field(default_factory=AblationConfig)
 
 
 WORLD = WorldConfig()
@@ -281,6 +283,20 @@ def _stage_synthesis(world: WorldConfig, resume: bool, progress: bool) -> dict:
     return made
 
 
+def _stage_ablations(world: WorldConfig, resume: bool, progress: bool) -> dict:
+    """The evaluation's ablation priors (build/, not shipped: see lorasynth.world.ablations)."""
+    from lorasynth.world.ablations import build_ablations
+
+    return build_ablations(
+        world.domain,
+        world.ablations,
+        world.synthesis.vae,
+        world.synthesis.prior,
+        resume=resume,
+        progress=progress,
+    )
+
+
 STAGES: dict[str, Callable[[WorldConfig, bool, bool], dict]] = {
     "embedders": _stage_embedders,
     "vae": _stage_vae,
@@ -289,6 +305,7 @@ STAGES: dict[str, Callable[[WorldConfig, bool, bool], dict]] = {
     "heldout": _bank_split("heldout", lambda w: w.heldout_identities, "bank-heldout"),
     "conditions": _stage_conditions,
     "synthesis": _stage_synthesis,
+    "ablations": _stage_ablations,
 }
 
 

@@ -74,7 +74,7 @@ def _load_folder(path: Path):
             str(path),
             local_files_only=True,
             use_safetensors=True,  # .bin weights are pickles: refused
-            torch_dtype=torch.float32,  # shipped weights are float16; CPU inference wants float32
+            dtype=torch.float32,  # shipped weights are float16; CPU inference wants float32
             safety_checker=None,
             requires_safety_checker=False,
         )
@@ -168,7 +168,7 @@ def load_single_file(path: Path, config: str | os.PathLike[str] | None = None):
             str(path),
             config=str(config),
             local_files_only=True,
-            torch_dtype=torch.float32,  # half-precision files too: CPU inference wants float32
+            dtype=torch.float32,  # half-precision files too: CPU inference wants float32
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,

@@ -1,0 +1,157 @@
+"""The evaluation's ablation models, built once by `world build --stage ablations`.
+
+Each ablation is the default prior (AdaLoRA, v target) with one thing changed:
+- representation: the prior over PCA coefficients or over the raw normalised vectors, not the
+  VAE latent (`diffusion-pca`, `diffusion-raw`);
+- latent size: a LoRA VAE with another latent width and a prior over it (`diffusion-latent32`);
+- bank size: the prior trained on the bank's first N subjects only (`diffusion-bank500`).
+
+They are not shipped (the budget holds the default and the AdaNorm/target variants); they land
+in build/mini-world[/<domain>]/synthesis-ablations/<name>/ (prior.safetensors, and for a latent
+size its own lora-vae.safetensors) where `lorasynth evaluate` finds them. An absent one is
+reported as absent, never trained by the evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from lorasynth.atomic import write_json_atomic
+from lorasynth.bank import Bank
+from lorasynth.bank.conditions import CONDITIONS_FILE
+from lorasynth.domains import Domain, get_domain
+from lorasynth.lora.safetensors_io import save_half_copy
+from lorasynth.train import PriorTrainConfig, VAETrainConfig, train_prior, train_vae
+
+ABLATIONS_DIR = "synthesis-ablations"
+GROUPS = ("representation", "latent_size", "bank_size")
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    representations: tuple[str, ...] = ("pca", "raw")
+    latent_sizes: tuple[int, ...] = (32, 128)
+    bank_sizes: tuple[int, ...] = (250, 500, 1000)  # those below the bank's size are built
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One ablation model: its group, the value it sets and what differs from the default."""
+
+    name: str
+    group: str
+    value: str
+    prior: dict = field(default_factory=dict)  # PriorTrainConfig overrides
+    vae: dict | None = None  # VAETrainConfig overrides: its own VAE (None: the shipped one)
+
+    @property
+    def method(self) -> str:
+        return f"diffusion-{self.name}"
+
+
+def ablations_for(config: AblationConfig, bank_size: int) -> list[Ablation]:
+    out = [
+        Ablation(rep, "representation", rep, prior={"representation": rep})
+        for rep in config.representations
+    ]
+    out += [
+        Ablation(f"latent{size}", "latent_size", str(size), vae={"latent_dim": size})
+        for size in config.latent_sizes
+    ]
+    out += [
+        Ablation(f"bank{size}", "bank_size", str(size), prior={"subjects": size})
+        for size in config.bank_sizes
+        if size < bank_size
+    ]
+    return out
+
+
+def ablations_root(domain: str | Domain) -> Path:
+    return get_domain(domain).build_root() / ABLATIONS_DIR
+
+
+def default_values(latent_dim: int, bank_size: int) -> dict[str, str]:
+    """The value each group takes in the shipped default prior (its row in every curve)."""
+    return {
+        "representation": "vae",
+        "latent_size": str(latent_dim),
+        "bank_size": str(bank_size),
+    }
+
+
+def build_ablations(
+    domain: str,
+    config: AblationConfig,
+    vae_config: VAETrainConfig,
+    prior_config: PriorTrainConfig,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Train every ablation of the domain's shipped bank; returns {name: what was built}."""
+    dom = get_domain(domain)
+    bank_path = dom.root() / "bank"
+    bank = Bank(bank_path)
+    runs = dom.build_root() / "synthesis"
+    out = ablations_root(dom)
+    shipped_vae = dom.root() / "synthesis" / "lora-vae.safetensors"
+    made = {}
+    for ab in ablations_for(config, len(bank)):
+        began = time.perf_counter()
+        target = out / ab.name
+        target.mkdir(parents=True, exist_ok=True)
+        vae_path: Path | None = shipped_vae
+        if ab.vae is not None:
+            trained_vae = train_vae(
+                bank_path,
+                runs / f"vae-{ab.name}",
+                replace(vae_config, **ab.vae),
+                resume=resume,
+                progress=progress,
+            )
+            vae_path = target / "lora-vae.safetensors"
+            save_half_copy(trained_vae, vae_path, keys=lambda key: key.startswith("model."))
+        elif ab.prior.get("representation", "vae") != "vae":
+            vae_path = None
+        prior = replace(prior_config, **ab.prior)
+        trained = train_prior(
+            bank_path,
+            bank_path / CONDITIONS_FILE,
+            runs / f"adalora-v-{ab.name}",  # session-2 runs named adalora-v-pca/-raw resume here
+            prior,
+            vae_path=vae_path,
+            resume=resume,
+            progress=progress,
+        )
+        save_half_copy(
+            trained, target / "prior.safetensors", keys=lambda key: key.startswith("model.")
+        )
+        record = {
+            **asdict(ab),
+            "prior_config": asdict(prior),
+            "vae_config": asdict(replace(vae_config, **ab.vae)) if ab.vae else None,
+            "bank_subjects": len(bank),
+            "seconds_this_run": round(time.perf_counter() - began, 1),
+        }
+        write_json_atomic(target / "ablation.json", record)
+        made[ab.name] = record
+    return made
+
+
+def built_ablations(domain: str | Domain) -> dict[str, tuple[Ablation, Path, Path | None]]:
+    """The ablation models on disk: method name -> (ablation, prior file, own VAE file or None)."""
+    root = ablations_root(domain)
+    found = {}
+    for record_path in sorted(root.glob("*/ablation.json")):
+        folder = record_path.parent
+        if not (folder / "prior.safetensors").is_file():
+            continue
+        record = json.loads(record_path.read_text())
+        ab = Ablation(
+            record["name"], record["group"], record["value"], record["prior"], record["vae"]
+        )
+        vae = folder / "lora-vae.safetensors"
+        found[ab.method] = (ab, folder / "prior.safetensors", vae if vae.is_file() else None)
+    return found
