@@ -114,6 +114,18 @@ def test_resume_gives_the_same_run(tmp_path):
     with pytest.raises(LorasynthError, match="another config"):
         train_prior(bank, cond, tmp_path / "b", replace(cfg, lr=1.0), progress=False)
 
+    # A checkpoint from before a config field existed resumes when the field is at its default.
+    from lorasynth.lora.safetensors_io import load_tensors, save_tensors
+
+    state = tmp_path / "b" / "state.safetensors"
+    tensors, meta = load_tensors(state)
+    old = json.loads(meta["config"])
+    del old["subjects"]
+    save_tensors(state, tensors, {**meta, "config": json.dumps(old)})
+    assert train_prior(bank, cond, tmp_path / "b", cfg, progress=False) is not None
+    with pytest.raises(LorasynthError, match="another config"):
+        train_prior(bank, cond, tmp_path / "b", replace(cfg, subjects=3), progress=False)
+
 
 def test_mismatched_vae_is_refused(tmp_path):
     bank, cond = make_synthetic_bank(tmp_path)

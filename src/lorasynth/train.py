@@ -132,7 +132,9 @@ def _resume(run: _Run, resume: bool, modules: dict, optimizers: dict) -> int:
     state_path = run.out / STATE_FILE
     if resume and state_path.is_file():
         state = load_training_state(state_path, modules=modules, optimizers=optimizers)
-        if state["config"] != asdict(run.config):
+        # A field added since the checkpoint was written reads as its default.
+        saved = {**asdict(type(run.config)()), **state["config"]}
+        if saved != asdict(run.config):
             raise LorasynthError(
                 f"{state_path}: was trained with another config; use a new --out or --no-resume"
             )
