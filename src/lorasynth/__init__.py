@@ -11,6 +11,8 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
+
 if TYPE_CHECKING:
     from lorasynth.synthesis import Photo, SynthesisResult, Synthesizer
 
@@ -24,8 +26,8 @@ def synthesize(
     method: str = "diffusion",
     fmt: str = "diffusers",
     seed: int = 0,
-    guidance: float = 1.0,
-    steps: int = 25,
+    guidance: float = PRIOR_GUIDANCE,
+    steps: int = PRIOR_STEPS,
     synthesizer: Synthesizer | None = None,
 ) -> SynthesisResult:
     """Photo(s) (paths, bytes or RGB arrays) -> LoRA; mirrors `lorasynth synthesize`.

@@ -28,6 +28,7 @@ from lorasynth.errors import LorasynthError
 from lorasynth.faces.embedders import MiniFaceEmbedder, as_face_embedder, load_face_embedder
 from lorasynth.faces.photos import Photo, load_photo
 from lorasynth.lora import LoraFile, unflatten, write_lora
+from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
 from lorasynth.models.representation import PcaRepresentation, Representation, VaeRepresentation
 from lorasynth.models.sampling import sample
 from lorasynth.models.store import load_prior, load_vae
@@ -211,8 +212,8 @@ class Synthesizer:
         cond: torch.Tensor,
         method: str = "diffusion",
         seed: int = 0,
-        guidance: float = 1.0,
-        steps: int = 25,
+        guidance: float = PRIOR_GUIDANCE,
+        steps: int = PRIOR_STEPS,
     ) -> torch.Tensor:
         """Canonical vectors (B, D) for condition embeddings (B, E)."""
         if method == "diffusion":
@@ -298,8 +299,8 @@ class Synthesizer:
         photos: Sequence[Photo],
         method: str = "diffusion",
         seed: int = 0,
-        guidance: float = 1.0,
-        steps: int = 25,
+        guidance: float = PRIOR_GUIDANCE,
+        steps: int = PRIOR_STEPS,
         out: str | os.PathLike[str] | None = None,
         fmt: str = "diffusers",
         face_index: int | None = None,

@@ -11,6 +11,7 @@ import typer
 
 from lorasynth.cli.lora import OutFormat
 from lorasynth.cli.options import ModelDirOpt, PriorOpt, synthesizer_loader
+from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
 
 BASE_HELP = (
     "Base model: 'mini', a diffusers SD1.5-family folder, or a single-file SD1.5 .safetensors."
@@ -33,8 +34,10 @@ def synthesize(
         OutFormat, typer.Option("--format", help="Output format.")
     ] = OutFormat.diffusers,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 1.0,
-    steps: Annotated[int, typer.Option(min=1, help="Sampling steps.")] = 25,
+    guidance: Annotated[
+        float, typer.Option(help="Classifier-free guidance scale of the prior.")
+    ] = PRIOR_GUIDANCE,
+    steps: Annotated[int, typer.Option(min=1, help="Prior sampling steps.")] = PRIOR_STEPS,
     bank: Annotated[
         Path | None, typer.Option(help="Bank (default: the shipped mini-world).")
     ] = None,

@@ -42,6 +42,7 @@ from lorasynth.evaluate.metrics import (
     top1_identification,
 )
 from lorasynth.lora import LoraFile, LoraLayout, unflatten, write_lora
+from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
 from lorasynth.synthesis import Prior, Synthesizer
 from lorasynth.world.ablations import built_ablations
 from lorasynth.world.identities import bank_id, identity_seeds
@@ -112,8 +113,8 @@ class EvalConfig:
     gallery: int = 100
     image_steps: int = 20
     image_guidance: float = 3.0
-    prior_steps: int = 25
-    prior_guidance: float = 1.0
+    prior_steps: int = PRIOR_STEPS
+    prior_guidance: float = PRIOR_GUIDANCE
     timing_repeats: int = 20
     ablations: bool = True
     seed: int = 0

@@ -12,6 +12,7 @@ import itertools
 
 import torch
 
+from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
 from lorasynth.models.diffusion import T_MAX, T_MIN, alpha_sigma, append_dims, to_x0_eps
 
 
@@ -46,8 +47,8 @@ def sample(
     cond: torch.Tensor,
     dim: int,
     target: str,
-    steps: int = 25,
-    guidance: float = 1.0,
+    steps: int = PRIOR_STEPS,
+    guidance: float = PRIOR_GUIDANCE,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:

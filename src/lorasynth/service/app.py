@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
 from lorasynth.service.auth import Principal
 from lorasynth.service.core import Clock, Service, ServiceConfig
 from lorasynth.service.middleware import AccessLog, BodyAndIdempotency, ConcurrencyLimit, RateLimit
@@ -57,8 +58,8 @@ class SubjectIn(_Strict):
 class LoraIn(_Strict):
     method: str = "diffusion"
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    guidance: float = Field(1.0, ge=0.0, le=20.0)
-    steps: int = Field(25, ge=1, le=500)
+    guidance: float = Field(PRIOR_GUIDANCE, ge=0.0, le=20.0)
+    steps: int = Field(PRIOR_STEPS, ge=1, le=500)
 
 
 class ReviewIn(_Strict):
