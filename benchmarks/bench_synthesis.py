@@ -1,6 +1,7 @@
 """Time-to-LoRA and batched synthesis throughput, at mini-world and real SD1.5 `w2w` sizes.
 
-Time-to-LoRA = photo bytes in -> LoRA file written, models already loaded, median of many.
+Time-to-LoRA = photo bytes in -> LoRA file written, models already loaded, median of many, at
+the default sampling settings (lorasynth.models.defaults), and at the old 25 steps for the ratio.
 Goals (issue 5): <= 100 ms in the mini-world and <= 300 ms at SD1.5 `w2w` size (99,648
 values, latent 512) on 2 CPU cores. Real-size models are randomly initialised at the real size:
 speed does not depend on the weights. A per-subject LoRA training run is timed in the same run
@@ -23,6 +24,7 @@ from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
 from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
 from lorasynth.faces.mini import PRESETS, MiniEmbedder, save_embedder
 from lorasynth.lora import LoraLayout, unflatten
+from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
 from lorasynth.models.denoiser import Denoiser, DenoiserConfig
 from lorasynth.models.representation import VaeRepresentation
 from lorasynth.models.vae import LoraVAE, LoraVAEConfig
@@ -63,22 +65,32 @@ def random_synthesizer(
     return synth
 
 
-def time_to_lora(synth: Synthesizer, out_dir: Path, method: str, repeats: int, steps: int) -> float:
+def time_to_lora(
+    synth: Synthesizer,
+    out_dir: Path,
+    method: str,
+    repeats: int,
+    steps: int = PRIOR_STEPS,
+    guidance: float = PRIOR_GUIDANCE,
+) -> float:
     photo = photo_bytes()
-    synth.synthesize([photo], method, steps=steps, out=out_dir / "warm.safetensors")  # warm-up
+    kwargs = {"steps": steps, "guidance": guidance}
+    synth.synthesize([photo], method, out=out_dir / "warm.safetensors", **kwargs)  # warm-up
     times = [
         synth.synthesize(
-            [photo], method, seed=i, steps=steps, out=out_dir / f"{method}.safetensors"
+            [photo], method, seed=i, out=out_dir / f"{method}.safetensors", **kwargs
         ).time_ms
         for i in range(repeats)
     ]
     return statistics.median(times)
 
 
-def throughput(synth: Synthesizer, batch: int, steps: int) -> float:
+def throughput(synth: Synthesizer, batch: int) -> float:
     cond = torch.nn.functional.normalize(torch.randn(batch, synth.bank_embeddings.shape[1]), dim=-1)
     start = time.perf_counter()
-    vectors = synth.vectors_for(cond, "diffusion", seed=0, steps=steps)
+    vectors = synth.vectors_for(
+        cond, "diffusion", seed=0, guidance=PRIOR_GUIDANCE, steps=PRIOR_STEPS
+    )
     for v in vectors:
         unflatten(v, synth.layout)
     return batch / (time.perf_counter() - start)
@@ -130,12 +142,16 @@ def main() -> dict:
             root = tmp / name.split()[0]
             root.mkdir()
             synth = random_synthesizer(root, layout, latent, hidden, width, depth)
-            for method, steps in (("diffusion", 25), ("nearest", 1), ("lincomb", 1)):
-                ms = time_to_lora(synth, root, method, repeats=15, steps=steps)
+            for method in ("diffusion", "nearest", "lincomb"):
+                ms = time_to_lora(synth, root, method, repeats=15)
                 results[(name, method)] = ms
                 print(f"{name:40} {method:10} time-to-LoRA median {ms:8.1f} ms")
+            # The defaults before they were measured (25 steps, no guidance), for the ratio.
+            ms = time_to_lora(synth, root, "diffusion", repeats=15, steps=25, guidance=1.0)
+            results[(name, "diffusion-25-steps-g1")] = ms
+            print(f"{name:40} {'(25 st, g1)':10} time-to-LoRA median {ms:8.1f} ms")
             for batch in (1, 16, 256):
-                rate = throughput(synth, batch, steps=25)
+                rate = throughput(synth, batch)
                 results[(name, f"batch{batch}")] = rate
                 print(f"{name:40} batch {batch:<4} diffusion throughput {rate:8.1f} LoRAs/s")
         seconds, how = trained_lora_seconds()
