@@ -93,3 +93,8 @@ def test_evaluate_writes_results_report_and_plots(tiny_pipeline, tmp_path):
     assert (
         again["methods"]["nearest"]["id_sim_mean"] == results["methods"]["nearest"]["id_sim_mean"]
     )
+    # Other images (another seed here; or prompts, sampling settings, priors) never reuse them.
+    from dataclasses import replace
+
+    evaluate(tmp_path / "out", replace(config, seed=1, multi_photos=0), models, progress=False)
+    assert len(list((tmp_path / "out" / "cache").iterdir())) == 2

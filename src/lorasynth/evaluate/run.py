@@ -220,6 +220,24 @@ class EvalModels:
         )
 
 
+def cache_key(models: EvalModels, config: EvalConfig) -> str:
+    """Names the image cache by everything the images depend on besides setting and method:
+    another seed, prompt, sampling setting or prior gets a fresh cache, never stale images."""
+    import hashlib
+
+    keyed = {
+        k: v
+        for k, v in asdict(config).items()
+        if k not in ("identities", "methods", "timing_repeats", "ablations", "gallery")
+    }
+    prior = models.synth.prior
+    keyed["priors"] = sorted(
+        [prior.name if prior else "", *(p.name for p in models.variants.values())]
+    )
+    text = json.dumps(keyed, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
@@ -247,6 +265,7 @@ class Evaluation:
                 f"{config.identities} asked for; use --identities {len(models.heldout)} or fewer"
             )
         self.embed = lambda images: embed_images(models.eval_embedder, images)
+        self.cache_dir = self.out / "cache" / cache_key(models, config)
         self.seeds = identity_seeds("heldout", config.identities)
         gallery_seeds = identity_seeds("heldout", max(config.gallery, config.identities))
         refs = np.stack(
@@ -324,7 +343,7 @@ class Evaluation:
 
     # ---- images (cached) ---------------------------------------------------------------------
     def images(self, setting: str, method: str, loras: Sequence[LoraFile | None]) -> np.ndarray:
-        cache = self.out / "cache" / f"{setting}-{method}.npz"
+        cache = self.cache_dir / f"{setting}-{method}.npz"
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as data:
                 if data["images"].shape[0] == len(self.seeds) * len(self.cfg.prompts):
