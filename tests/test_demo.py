@@ -16,6 +16,7 @@ def test_demo_shows_each_built_domain_and_says_which_are_not(tiny_products_world
     assert "`lorasynth world build --domain faces --stage embedders`" in faces_line
     assert "products: zero-shot LoRAs for 2 held-out" in printed  # all the tiny world has
     assert "| diffusion |" in printed and "| optimize |" not in printed
+    assert "diffusion-raw" not in printed  # ablation priors exist in build/; the demo shows shipped
     assert (out / "products" / "grid.png").is_file()
     assert (out / "products" / "results.json").is_file()
     report = (out / "report.md").read_text()

@@ -121,7 +121,7 @@ def mini_world_demo(out: Path, identities: int = 8, config: dict | None = None) 
             sections.append(f"## {name}\n\nNot shown: {missing}.\n")
             continue
         faces = name == "faces"
-        models = EvalModels.shipped(name)
+        models = EvalModels.shipped(name, ablations=False)  # the demo shows the shipped models
         n = identities if faces else min(identities, OTHER_DOMAIN_IDENTITIES)
         if models.heldout is not None:
             n = min(n, len(models.heldout))

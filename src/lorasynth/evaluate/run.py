@@ -157,8 +157,9 @@ class EvalModels:
         return get_domain(self.synth.domain)
 
     @classmethod
-    def shipped(cls, domain: str | Domain = "faces") -> EvalModels:
-        """The domain's shipped models; a LorasynthError naming the stage to build if absent."""
+    def shipped(cls, domain: str | Domain = "faces", ablations: bool = True) -> EvalModels:
+        """The domain's shipped models; a LorasynthError naming the stage to build if absent.
+        `ablations`: also the ablation priors that `world build --stage ablations` left in build/."""
         from lorasynth.domains import load_mini_embedder
         from lorasynth.faces.mini import REGRESSOR_NAME, load_regressor
         from lorasynth.world.build import WORLDS
@@ -186,7 +187,9 @@ class EvalModels:
                 root / "synthesis" / "lora-vae.safetensors",
             )
         groups = {}
-        for method, (ablation, prior_path, own_vae) in built_ablations(dom).items():
+        for method, (ablation, prior_path, own_vae) in (
+            built_ablations(dom) if ablations else {}
+        ).items():
             variants[method] = Prior.load(
                 prior_path,
                 synth.bank,
