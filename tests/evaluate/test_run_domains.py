@@ -4,6 +4,7 @@ on a tiny built products world; `--domain all` and a domain that is not built.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -125,3 +126,14 @@ def test_cli_domain_all_and_default_identities(tiny_products_world, tmp_path):
     assert result.exit_code == 0, result.output
     assert "evaluated 2 products identities" in result.stderr
     assert json.loads((one / "results.json").read_text())["n_identities"] == 2
+
+
+def test_ablation_priors_are_compared_on_one_photo_only(tiny_products_world, tmp_path):
+    tiny = {**TINY, "ablations": True}
+    config = EvalConfig(
+        identities=2, methods=("base", "diffusion", "trained"), multi_photos=2, **tiny
+    )
+    saved = evaluate(tmp_path / "eval", replace(config, domain="products"), progress=False)
+    assert "diffusion-raw" in saved["methods"]
+    assert set(saved["ablations"]["photos_2"]) == {"base", "trained", "diffusion"}
+    assert set(saved["ablations"]["prior_guidance"]) == {"1.0", "2.0", "4.0"}

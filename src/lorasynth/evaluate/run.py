@@ -596,7 +596,12 @@ def evaluate_domains(
 def run_ablations(ev: Evaluation, config: EvalConfig, methods: Sequence[str]) -> dict:
     ablations: dict = {}
     if config.multi_photos > 1:
-        synth_methods = [m for m in methods if m in SYNTH_METHODS or m.startswith("diffusion")]
+        # Ablation priors are compared on one photo only; this setting repeats the methods.
+        synth_methods = [
+            m
+            for m in methods
+            if (m in SYNTH_METHODS or m.startswith("diffusion")) and m not in ev.m.ablation_groups
+        ]
         ablations[f"photos_{config.multi_photos}"] = ev.run_setting(
             f"photos{config.multi_photos}", config.multi_photos, ["base", "trained", *synth_methods]
         )
