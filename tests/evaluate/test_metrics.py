@@ -49,3 +49,13 @@ def test_attribute_error_scores_only_the_informative_columns():
     predicted = np.array([[1.0, 0.0, 9.0]] * 4)  # column 2 is uninformative noise
     assert attribute_error(predicted, truth, [0, 1], identities=2).tolist() == [0.5, 0.5]
     assert attribute_error(predicted, truth, [0, 1, 2], identities=2).tolist() == [10 / 3] * 2
+
+
+def test_report_rows_in_one_order_whatever_the_dict_order():
+    from lorasynth.evaluate.report import table
+
+    rows = {name: {"id_sim_mean": 0.1} for name in ("trained", "diffusion-x0", "nearest", "base")}
+    rows["diffusion"] = {"id_sim_mean": 0.2}
+    rows["shuffled"] = {"id_sim_mean": 0.0}
+    names = [line.split("|")[1].strip() for line in table(rows).splitlines()[2:]]
+    assert names == ["base", "nearest", "diffusion", "diffusion-x0", "trained", "shuffled"]

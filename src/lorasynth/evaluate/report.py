@@ -30,10 +30,23 @@ def _cell(row: dict, key: str, fmt: str) -> str:
     return f"{text} ± {ci:.3f}" if ci else text
 
 
+ROW_ORDER = ("base", "nearest", "lincomb", "optimize", "diffusion")
+
+
+def _row_rank(name: str) -> tuple:
+    """base, the baselines, the default prior, its variants, then the upper bound and the rest."""
+    if name in ROW_ORDER:
+        return (ROW_ORDER.index(name), "")
+    if name.startswith("diffusion-"):
+        return (len(ROW_ORDER), name)
+    return (len(ROW_ORDER) + (1 if name == "trained" else 2), name)
+
+
 def table(rows: dict) -> str:
+    """The methods in one order everywhere (results.json is written with sorted keys)."""
     head = "| method | " + " | ".join(c[1] for c in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
-    for name, row in rows.items():
+    for name, row in sorted(rows.items(), key=lambda item: _row_rank(item[0])):
         if row is None or row.get("absent"):
             lines.append(
                 f"| {name} | " + " | ".join(["absent"] + ["-"] * (len(COLUMNS) - 1)) + " |"
