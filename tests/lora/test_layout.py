@@ -101,3 +101,11 @@ def test_sdxl_layout_and_file_order():
     assert LoraLayout.from_shapes(shapes) == layout
     cross = next(r for r in layout.rows if r.module.endswith("attn2.to_v"))
     assert cross.in_features == 2048
+
+
+def test_attn_ff_adds_the_feed_forward_layers():
+    attn, attn_ff = LoraLayout.sd15("attn", 1), LoraLayout.sd15("attn-ff", 1)
+    extra = [r for r in attn_ff.rows if r not in attn.rows]
+    assert extra and all(r.module.endswith((".ff.net.0.proj", ".ff.net.2")) for r in extra)
+    # SD1.5: 16 transformer blocks, each a GEGLU in-projection (d -> 8d) and an out (4d -> d).
+    assert len(extra) == 32 and attn_ff.size > attn.size

@@ -28,6 +28,9 @@ PRESETS: dict[str, tuple[str, ...]] = {
         for proj in ("to_q", "to_k", "to_v", "to_out.0")
     ),
 }
+# Attention and the transformer blocks' feed-forward layers. On the mini-world (16 identities,
+# 300 steps at lr 3e-3) rank 1 scores ID sim 0.43 and rank 4 0.52, against 0.25 for w2w rank 1.
+PRESETS["attn-ff"] = PRESETS["attn"] + ("ff.net.0.proj", "ff.net.2")
 
 # Registration order of sub-modules in diffusers' UNets, so a layout read from a file (which
 # has no order of its own) sorts exactly as UNet.named_modules() would list it.
