@@ -61,6 +61,8 @@ def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
     vae_meta = load_tensors(root / "synthesis" / "lora-vae.safetensors")[1]
     assert vae_meta["lorasynth.domain"] == "products"
     assert vae_meta["stored_dtype"] == "float16"  # shipped at half the bytes
+    for config in (root / "pipeline").rglob("config.json"):  # no build/ path of this machine
+        assert "_name_or_path" not in json.loads(config.read_text()), config
 
     # Ablation priors: in build/, not shipped; bank sizes at or above the bank's are skipped.
     ablations = tiny_world / "build" / "mini-world" / "products" / "synthesis-ablations"

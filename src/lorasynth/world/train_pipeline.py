@@ -672,6 +672,12 @@ def export_run(
     if half:
         for weights in sorted(tmp.rglob("*.safetensors")):
             save_half_copy(weights, weights)
+    for config in sorted(tmp.rglob("config.json")):
+        # from_pretrained records where a component was loaded from (a build/ path on this
+        # machine); the shipped folder must not carry it.
+        record = json.loads(config.read_text())
+        if record.pop("_name_or_path", None) is not None:
+            write_json_atomic(config, record)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
