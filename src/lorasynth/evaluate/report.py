@@ -131,7 +131,7 @@ def curve_tables(ablations: dict) -> list[str]:
 
 
 def ablation_plot(ablations: dict, path: Path, judge: str = "mini-eval") -> Path | None:
-    """Normalised fidelity along each ablation curve; bank and latent size on log axes."""
+    """ID similarity (± 95% interval) along each ablation curve; numeric curves on log2 axes."""
     curves = [(key, title) for key, title in CURVES if ablations.get(key)]
     if not curves:
         return None
@@ -151,9 +151,7 @@ def ablation_plot(ablations: dict, path: Path, judge: str = "mini-eval") -> Path
         ax.errorbar(xs, sims, yerr=cis, marker="o", capsize=3)
         if numeric:
             ax.set_xscale("log", base=2)
-            ax.set_xticks(xs, values)
-        else:
-            ax.set_xticks(xs, values)
+        ax.set_xticks(xs, values)
         ax.set_title(title.split(" (")[0].split(":")[0], fontsize=9)
         ax.set_ylabel(f"ID similarity ({judge})", fontsize=8)
         ax.grid(True, alpha=0.3)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lorasynth.errors import LorasynthError
-from lorasynth.lora.safetensors_io import load_tensors, save_tensors
+from lorasynth.lora.safetensors_io import load_tensors, save_half_copy, save_tensors
 from lorasynth.models.denoiser import Denoiser, DenoiserConfig
 from lorasynth.models.vae import LoraVAE, LoraVAEConfig
 
@@ -53,6 +53,12 @@ class Provenance:
                     f"{path}: trained with {names[field]} {have!r} but used with {want!r}; "
                     "use the matching bank/embedder or retrain"
                 )
+
+
+def save_half_model_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """The shipped copy of a model file: its weights (model.*) as float16, extras (latent
+    statistics, PCA basis) kept float32; `_load` upcasts. The weights_hash still names the model."""
+    save_half_copy(src, dst, keys=lambda key: key.startswith("model."))
 
 
 def save_model(

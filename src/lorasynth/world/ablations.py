@@ -23,7 +23,7 @@ from lorasynth.atomic import write_json_atomic
 from lorasynth.bank import Bank
 from lorasynth.bank.conditions import CONDITIONS_FILE
 from lorasynth.domains import Domain, get_domain
-from lorasynth.lora.safetensors_io import save_half_copy
+from lorasynth.models.store import save_half_model_copy
 from lorasynth.train import PriorTrainConfig, VAETrainConfig, train_prior, train_vae
 
 ABLATIONS_DIR = "synthesis-ablations"
@@ -112,7 +112,7 @@ def build_ablations(
                 progress=progress,
             )
             vae_path = target / "lora-vae.safetensors"
-            save_half_copy(trained_vae, vae_path, keys=lambda key: key.startswith("model."))
+            save_half_model_copy(trained_vae, vae_path)
         elif ab.prior.get("representation", "vae") != "vae":
             vae_path = None
         prior = replace(prior_config, **ab.prior)
@@ -125,9 +125,7 @@ def build_ablations(
             resume=resume,
             progress=progress,
         )
-        save_half_copy(
-            trained, target / "prior.safetensors", keys=lambda key: key.startswith("model.")
-        )
+        save_half_model_copy(trained, target / "prior.safetensors")
         record = {
             **asdict(ab),
             "prior_config": asdict(prior),

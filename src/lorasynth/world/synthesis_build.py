@@ -20,7 +20,7 @@ from lorasynth.bank import Bank
 from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
 from lorasynth.domains import check_same_domain, get_domain, load_mini_embedder
 from lorasynth.errors import LorasynthError
-from lorasynth.lora.safetensors_io import save_half_copy
+from lorasynth.models.store import save_half_model_copy
 from lorasynth.train import PRIOR_FILE, PriorTrainConfig, VAETrainConfig, train_prior, train_vae
 
 DEFAULT_PRIOR = "adalora-v"
@@ -91,7 +91,7 @@ def build_conditions(
 def _ship(trained: Path, target: Path, half: bool) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if half:
-        save_half_copy(trained, target, keys=lambda key: key.startswith("model."))
+        save_half_model_copy(trained, target)
     else:
         write_bytes_atomic(target, trained.read_bytes())
 
