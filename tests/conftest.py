@@ -128,6 +128,7 @@ def random_lora(
             torch.randn(r, row.in_features, generator=gen),
             torch.randn(row.out_features, r, generator=gen),
             float(alpha if alpha is not None else r),
+            row.kernel,
         )
     return LoraFile(modules)
 

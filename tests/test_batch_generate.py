@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from lorasynth.batch_generate import generate_with_loras
@@ -10,11 +11,12 @@ from lorasynth.lora import LoraLayout, write_lora
 from tests.conftest import random_lora
 
 
-def test_batched_generation_matches_diffusers_one_by_one(tiny_pipeline, tmp_path):
+@pytest.mark.parametrize("preset", ["attn", "attn-ff-conv"])
+def test_batched_generation_matches_diffusers_one_by_one(tiny_pipeline, tmp_path, preset):
     from diffusers import DDIMScheduler
 
     tiny_pipeline.scheduler = DDIMScheduler.from_config(tiny_pipeline.scheduler.config)
-    layout = LoraLayout.from_unet(tiny_pipeline.unet, "attn", 2)
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, preset, 2)
     loras = [random_lora(layout, seed=s, alpha=0.2) for s in (1, 2)]
     prompts = ["a photo of sks person", "a photo of sks person, red background", "a photo"]
     images = generate_with_loras(

@@ -24,6 +24,7 @@ def _zero_lora(layout: LoraLayout) -> LoraFile:
                 torch.zeros(r.rank, r.in_features),
                 torch.zeros(r.out_features, r.rank),
                 float(r.rank),
+                r.kernel,
             )
             for r in layout.rows
         }

@@ -62,6 +62,7 @@ def random_subject(layout: LoraLayout, seed: int) -> LoraFile:
                 torch.randn(r.rank, r.in_features, generator=gen) / r.in_features**0.5,
                 torch.randn(r.out_features, r.rank, generator=gen) * 0.01,
                 float(r.rank),
+                r.kernel,
             )
             for r in layout.rows
         }
@@ -72,7 +73,7 @@ def reparametrised(lora: LoraFile, factor: float) -> LoraFile:
     """The same updates stored differently: A scaled up, B down, alpha changed."""
     return LoraFile(
         {
-            m: LoraModule(w.down * factor, w.up / (factor * 2), w.alpha * 2)
+            m: LoraModule(w.down * factor, w.up / (factor * 2), w.alpha * 2, w.kernel)
             for m, w in lora.modules.items()
         }
     )
@@ -82,8 +83,9 @@ def write_peft(folder: Path, lora: LoraFile) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for module, w in lora.modules.items():
-        tensors[f"base_model.model.{module}.lora_A.weight"] = w.down.contiguous()
-        tensors[f"base_model.model.{module}.lora_B.weight"] = w.up.contiguous()
+        down, up = w.file_weights()
+        tensors[f"base_model.model.{module}.lora_A.weight"] = down.contiguous()
+        tensors[f"base_model.model.{module}.lora_B.weight"] = up.contiguous()
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     rank = next(iter(lora.modules.values())).rank
     alpha = next(iter(lora.modules.values())).alpha

@@ -42,11 +42,11 @@ def base_layout(
 
 
 def check_fits_base(layout: LoraLayout, base: Base = "mini", config: Base | None = None) -> None:
-    """Raise unless every module of `layout` is a linear layer of the base UNet, same shape."""
-    shapes = _linear_shapes(pipeline_unet_config(resolve_base(base), config))
+    """Raise unless every module of `layout` is a layer of the base UNet with the same shape."""
+    shapes = _layer_shapes(pipeline_unet_config(resolve_base(base), config))
     for row in layout.rows:
         found = shapes.get(row.module)
-        if found != (row.in_features, row.out_features):
+        if found != (row.in_features, row.out_features, row.kernel):
             where = "is missing" if found is None else f"is {found[0]} -> {found[1]}"
             raise LorasynthError(
                 f"{layout.describe()} does not fit base {base}: {row.module} {where} there, "
@@ -54,17 +54,21 @@ def check_fits_base(layout: LoraLayout, base: Base = "mini", config: Base | None
             )
 
 
-def _linear_shapes(unet_config: dict) -> dict[str, tuple[int, int]]:
+def _layer_shapes(unet_config: dict) -> dict[str, tuple[int, int, tuple[int, int] | None]]:
+    """(in_features, out_features, kernel) of every Linear and Conv2d, as layout rows count them."""
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(unet_config)
-    return {
-        name: (m.in_features, m.out_features)
-        for name, m in unet.named_modules()
-        if isinstance(m, torch.nn.Linear)
-    }
+    shapes = {}
+    for name, m in unet.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            shapes[name] = (m.in_features, m.out_features, None)
+        elif isinstance(m, torch.nn.Conv2d):
+            kh, kw = m.kernel_size
+            shapes[name] = (m.in_channels * kh * kw // m.groups, m.out_channels, (kh, kw))
+    return shapes
 
 
 def generate_images(

@@ -10,11 +10,36 @@ from tests.conftest import random_lora
 
 
 def _effective_delta(module: torch.nn.Module) -> torch.Tensor:
-    """dW that a (possibly LoRA-wrapped) linear layer applies, measured through its forward."""
+    """dW that a (possibly LoRA-wrapped) layer applies, measured through its forward.
+
+    A convolution's dW is flattened like a layout row (out, in_channels * kh * kw): each basis
+    input is one in-channel/kernel-position impulse, read at the output's centre pixel.
+    """
     base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    if isinstance(base, torch.nn.Conv2d):
+        kh, kw = base.kernel_size
+        n = base.in_channels * kh * kw
+        impulses = torch.eye(n).reshape(n, base.in_channels, kh, kw)
+        # Unpadded kh x kw inputs: the single output pixel is sum(weight * input).
+        with torch.no_grad():
+            probe = _conv_without_padding(module, impulses) - _conv_without_padding(base, impulses)
+        return probe[:, :, 0, 0].T.double()
     eye = torch.eye(base.in_features, dtype=torch.float32)
     with torch.no_grad():
         return (module(eye) - base(eye)).T.double()
+
+
+def _conv_without_padding(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a (possibly wrapped) conv on kh x kw inputs with its padding temporarily zero."""
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    saved = [c.padding for c in convs]
+    try:
+        for c in convs:
+            c.padding = (0, 0)
+        return module(x)
+    finally:
+        for c, p in zip(convs, saved, strict=True):
+            c.padding = p
 
 
 def _modules(unet) -> dict[str, torch.nn.Module]:
@@ -22,7 +47,9 @@ def _modules(unet) -> dict[str, torch.nn.Module]:
 
 
 @pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
-@pytest.mark.parametrize("preset,rank,alpha", [("w2w", 1, 1.0), ("attn", 4, 2.0)])
+@pytest.mark.parametrize(
+    "preset,rank,alpha", [("w2w", 1, 1.0), ("attn", 4, 2.0), ("attn-ff-conv", 2, 1.0)]
+)
 def test_written_file_loads_in_diffusers_with_exact_update(
     tiny_pipeline, tmp_path, fmt, preset, rank, alpha
 ):

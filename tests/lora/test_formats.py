@@ -165,16 +165,30 @@ def test_integer_dtype(tmp_path):
     _expect(path, "dtype torch.int32", "lora.down.weight")
 
 
-def test_conv_lora_is_refused(tmp_path):
+def test_conv_lora_reads_flat_with_its_kernel_and_writes_back_4d(tmp_path):
+    path = tmp_path / "d.safetensors"
+    down, up = torch.randn(2, 32, 3, 3), torch.randn(32, 2, 1, 1)
+    save_file({f"unet.{M}.lora.down.weight": down, f"unet.{M}.lora.up.weight": up}, str(path))
+    module = read_lora(path).modules[M]
+    assert module.kernel == (3, 3) and module.down.shape == (2, 288) and module.up.shape == (32, 2)
+    torch.testing.assert_close(module.delta().float(), (up[:, :, 0, 0] @ down.reshape(2, -1)))
+    for fmt in ("diffusers", "kohya"):
+        again = read_lora(write_lora(tmp_path / f"{fmt}.safetensors", read_lora(path), to=fmt))
+        assert again.modules[M].kernel == (3, 3)
+        torch.testing.assert_close(again.modules[M].delta(), module.delta())
+
+
+@pytest.mark.parametrize(
+    "up,needle",
+    [(torch.ones(32, 2, 3, 3), "must be 1x1"), (torch.ones(32, 2), "both 4-D")],
+)
+def test_malformed_conv_lora_is_refused(tmp_path, up, needle):
     path = tmp_path / "d.safetensors"
     save_file(
-        {
-            f"unet.{M}.lora.down.weight": torch.ones(2, 32, 3, 3),
-            f"unet.{M}.lora.up.weight": torch.ones(32, 2, 1, 1),
-        },
+        {f"unet.{M}.lora.down.weight": torch.ones(2, 32, 3, 3), f"unet.{M}.lora.up.weight": up},
         str(path),
     )
-    _expect(path, "only linear")
+    _expect(path, needle, M)
 
 
 def test_text_encoder_keys_are_refused(tmp_path):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -109,3 +111,20 @@ def test_attn_ff_adds_the_feed_forward_layers():
     assert extra and all(r.module.endswith((".ff.net.0.proj", ".ff.net.2")) for r in extra)
     # SD1.5: 16 transformer blocks, each a GEGLU in-projection (d -> 8d) and an out (4d -> d).
     assert len(extra) == 32 and attn_ff.size > attn.size
+
+
+def test_attn_ff_conv_adds_resnet_convolutions_with_their_kernel(tiny_unet):
+    layout = LoraLayout.from_unet(tiny_unet, "attn-ff-conv", 2)
+    convs = [r for r in layout.rows if r.is_conv]
+    assert convs and all(r.module.endswith((".conv1", ".conv2")) for r in convs)
+    modules = dict(tiny_unet.named_modules())
+    for row in convs:
+        conv = modules[row.module]
+        assert row.kernel == (3, 3) and row.in_features == conv.in_channels * 9
+        assert row.down_shape == (2, conv.in_channels, 3, 3)
+    # Convolution rows keep their kernel through JSON and through shapes read from a file.
+    assert LoraLayout.from_json(layout.to_json()) == layout
+    shapes = {r.module: (r.in_features, r.out_features, r.rank, r.kernel) for r in layout.rows}
+    assert LoraLayout.from_shapes(shapes) == layout
+    # The linear rows serialise exactly as before (four entries), so linear hashes are stable.
+    assert all(len(row) == 4 for row in json.loads(LoraLayout.sd15("attn-ff", 1).to_json()))

@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from lorasynth.lora import LoraLayout, read_lora, write_lora
@@ -25,11 +26,12 @@ def _data(subjects=3, per_subject=2, size=16, seed=0):
     return images, prompts
 
 
-def test_batched_forward_equals_diffusers_loaded_lora(tiny_pipeline, tmp_path):
-    layout = LoraLayout.from_unet(tiny_pipeline.unet, "attn", 2)
+@pytest.mark.parametrize("preset", ["attn", "attn-ff-conv"])
+def test_batched_forward_equals_diffusers_loaded_lora(tiny_pipeline, tmp_path, preset):
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, preset, 2)
     images, prompts = _data()
     config = LoraTrainConfig(
-        preset="attn", rank=2, alpha=1.0, steps=3, lr=0.05, samples_per_subject=2
+        preset=preset, rank=2, alpha=1.0, steps=3, lr=0.05, samples_per_subject=2
     )
     loras, log = train_subject_loras(tiny_pipeline, layout, images, prompts, config, progress=False)
     assert len(loras) == 3 and len(log["loss"]) == 3
@@ -51,8 +53,9 @@ def test_batched_forward_equals_diffusers_loaded_lora(tiny_pipeline, tmp_path):
         got = tiny_pipeline.unet(x, t, encoder_hidden_states=cond).sample
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     # The UNet is restored afterwards.
-    assert isinstance(
-        dict(tiny_pipeline.unet.named_modules())[layout.rows[0].module], torch.nn.Linear
+    modules = dict(tiny_pipeline.unet.named_modules())
+    assert all(
+        type(modules[row.module]) in (torch.nn.Linear, torch.nn.Conv2d) for row in layout.rows
     )
 
 

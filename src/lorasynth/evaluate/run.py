@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import statistics
 import tempfile
 import time
@@ -388,7 +387,11 @@ class Evaluation:
 
     # ---- scores ------------------------------------------------------------------------------
     def score(self, images: np.ndarray) -> dict:
-        from lorasynth.world.prompt_fidelity import classify_background, frechet_distance
+        from lorasynth.world.prompt_fidelity import (
+            background_of,
+            classify_background,
+            frechet_distance,
+        )
 
         n, p = len(self.seeds), len(self.cfg.prompts)
         emb = self.embed(images)
@@ -396,7 +399,7 @@ class Evaluation:
         sims = id_similarity(emb, self.gallery[subject]).reshape(n, p).mean(1)
         top1 = top1_identification(emb, subject, self.gallery).reshape(n, p).mean(1)
         scores = {"id_sim_per_identity": sims.tolist(), "top1_per_identity": top1.tolist()}
-        wanted = [_background(prompt) for prompt in self.cfg.prompts] * n
+        wanted = [background_of(prompt) for prompt in self.cfg.prompts] * n
         named = [i for i, w in enumerate(wanted) if w]
         if named:
             got = classify_background(images[named])
@@ -510,11 +513,6 @@ class Evaluation:
 
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
-
-
-def _background(prompt: str) -> str | None:
-    match = re.search(r"(\w+) background", prompt)
-    return match.group(1) if match else None
 
 
 def evaluate(

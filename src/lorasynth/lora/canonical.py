@@ -151,7 +151,7 @@ def unflatten(vector: torch.Tensor, layout: LoraLayout, metadata: dict | None = 
         n_a = row.rank * row.in_features
         down = block[:n_a].reshape(row.rank, row.in_features).clone()
         up = block[n_a:].reshape(row.out_features, row.rank).clone()
-        modules[row.module] = LoraModule(down, up, float(row.rank))
+        modules[row.module] = LoraModule(down, up, float(row.rank), row.kernel)
     meta = {"lorasynth.layout_hash": layout.hash, "lorasynth.layout": layout.to_json()}
     meta.update(metadata or {})
     return LoraFile(modules, "diffusers", meta)

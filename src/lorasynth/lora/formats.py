@@ -47,11 +47,46 @@ _ARCH_FACTS = {
 
 @dataclass
 class LoraModule:
-    """One module's update dW = (alpha / rank) * up @ down."""
+    """One module's update dW = (alpha / rank) * up @ down.
+
+    A convolution's LoRA (LoCon) is held flat too: down (rank, in_channels * kh * kw), up
+    (out_channels, rank), with `kernel` = (kh, kw); files store them 4-D (`from_file_weights`).
+    """
 
     down: torch.Tensor  # A: (rank, in_features)
     up: torch.Tensor  # B: (out_features, rank)
     alpha: float
+    kernel: tuple[int, int] | None = None
+
+    @classmethod
+    def from_file_weights(
+        cls, down: torch.Tensor, up: torch.Tensor, alpha: float, where: str = ""
+    ) -> LoraModule:
+        """From weights as files store them: 2-D (linear) or 4-D down with a 1x1 up (conv)."""
+        if down.ndim == 4 and up.ndim == 4:
+            if tuple(up.shape[2:]) != (1, 1):
+                raise LorasynthError(
+                    f"{where}up weight has shape {tuple(up.shape)}; a convolution LoRA's up "
+                    "weight must be 1x1"
+                )
+            kernel = (int(down.shape[2]), int(down.shape[3]))
+            return cls(down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1), alpha, kernel)
+        if down.ndim != 2 or up.ndim != 2:
+            raise LorasynthError(
+                f"{where}down/up weights have shapes {tuple(down.shape)} and {tuple(up.shape)}; "
+                "expected both 2-D (linear) or both 4-D (convolution)"
+            )
+        return cls(down, up, alpha)
+
+    def file_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(down, up) shaped as files store them (4-D for a convolution)."""
+        if self.kernel is None:
+            return self.down, self.up
+        kh, kw = self.kernel
+        return (
+            self.down.reshape(self.rank, -1, kh, kw),
+            self.up.reshape(*self.up.shape, 1, 1),
+        )
 
     @property
     def rank(self) -> int:
@@ -83,7 +118,7 @@ class LoraFile:
             if set(layout.modules) == set(self.modules):
                 return layout
         return LoraLayout.from_shapes(
-            {m: (w.down.shape[1], w.up.shape[0], w.rank) for m, w in self.modules.items()}
+            {m: (w.down.shape[1], w.up.shape[0], w.rank, w.kernel) for m, w in self.modules.items()}
         )
 
     @property
@@ -121,7 +156,10 @@ def read_lora(
         modules = _parse_kohya(path, tensors, layout)
     elif fmt == "diffusers":
         modules = _parse_pairs(path, tensors, "unet.", ".lora.down.weight", ".lora.up.weight")
-        modules = {m: LoraModule(d, u, float(d.shape[0])) for m, (d, u) in modules.items()}
+        modules = {
+            m: LoraModule.from_file_weights(d, u, float(d.shape[0]), f"{path}: {m}: ")
+            for m, (d, u) in modules.items()
+        }
     else:
         modules = _parse_peft(path, tensors, metadata, adapter_config)
     for module, weights in modules.items():
@@ -216,7 +254,9 @@ def _parse_peft(
         alpha = _match_pattern(alpha_pattern, module)
         if alpha is None:
             alpha = default_alpha if default_alpha is not None else down.shape[0]
-        modules[module] = LoraModule(down, up, float(alpha))
+        modules[module] = LoraModule.from_file_weights(
+            down, up, float(alpha), f"{path}: {module}: "
+        )
     return modules
 
 
@@ -276,7 +316,7 @@ def _parse_kohya(
         module = module_from_kohya(stem, known)
         if module in modules:
             raise LorasynthError(f"{path}: key {stem!r} maps to module {module!r} twice")
-        modules[module] = LoraModule(down, up, alpha)
+        modules[module] = LoraModule.from_file_weights(down, up, alpha, f"{path}: {module}: ")
     return modules
 
 
@@ -285,11 +325,6 @@ def _validate_module(path: Path, module: str, w: LoraModule, fmt: str) -> None:
     for key, t in ((down_key, w.down), (up_key, w.up)):
         if not t.dtype.is_floating_point:
             raise LorasynthError(f"{path}: key {key!r} has dtype {t.dtype}, expected a float type")
-        if t.ndim != 2:
-            raise LorasynthError(
-                f"{path}: key {key!r} has shape {tuple(t.shape)}; only linear (2-D) LoRA "
-                "weights are supported"
-            )
         if not torch.isfinite(t).all():
             raise LorasynthError(f"{path}: key {key!r} contains NaN or Inf")
     if w.down.shape[0] != w.up.shape[1]:
@@ -318,6 +353,7 @@ def check_fits_layout(lora: LoraFile, layout: LoraLayout) -> None:
         w.down.shape[1] == rows[m].in_features
         and w.up.shape[0] == rows[m].out_features
         and w.down.shape[0] <= rows[m].rank
+        and w.kernel == rows[m].kernel
         for m, w in lora.modules.items()
     ):
         return  # the fast path: this runs once per LoRA on bank ingest
@@ -344,6 +380,11 @@ def check_fits_layout(lora: LoraFile, layout: LoraLayout) -> None:
             raise LorasynthError(
                 f"{where}: rank {w.rank} of {module!r} exceeds the layout's rank {row.rank}"
             )
+        if w.kernel != row.kernel:
+            raise LorasynthError(
+                f"{where}: layout mismatch in {module!r}: kernel {w.kernel}, layout expects "
+                f"{row.kernel} (None: a linear layer)"
+            )
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -369,12 +410,13 @@ def write_lora(
     tensors: dict[str, torch.Tensor] = {}
     for module, w in lora.modules.items():
         down_key, up_key = _keys(module, to)
+        down, up = w.file_weights()
         if to == "diffusers":
-            tensors[down_key] = w.down
-            tensors[up_key] = w.up * w.scale
+            tensors[down_key] = down
+            tensors[up_key] = up * w.scale
         else:
-            tensors[down_key] = w.down
-            tensors[up_key] = w.up
+            tensors[down_key] = down
+            tensors[up_key] = up
             tensors[kohya_name(module) + ".alpha"] = torch.tensor(float(w.alpha))
     layout = lora.layout()
     metadata = _output_metadata(lora, layout, to, title or path.stem, provenance or {})

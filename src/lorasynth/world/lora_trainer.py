@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from lorasynth.errors import LorasynthError
 from lorasynth.lora import LoraFile, LoraLayout, LoraModule
+from lorasynth.lora.layout import LayoutRow
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,17 @@ class LoraTrainConfig:
 
 
 class BatchedLoraLinear(torch.nn.Module):
-    """A frozen linear layer plus one LoRA per subject, chosen per sample via `subject_index`."""
+    """A frozen linear layer plus one LoRA per subject, chosen per sample via `subject_index`.
+
+    Factors are stored flat, down (subjects, r, in_features) and up (subjects, out, r), as in
+    a canonical vector; BatchedLoraConv reuses them for convolutions.
+    """
 
     def __init__(
         self,
-        base: torch.nn.Linear,
+        base: torch.nn.Module,
         subjects: int,
-        rank: int,
+        row: LayoutRow,
         scale: float,
         generator: torch.Generator,
     ) -> None:
@@ -56,25 +61,55 @@ class BatchedLoraLinear(torch.nn.Module):
         self.base = base
         self.scale = scale
         # Standard LoRA init: A small random, B zero, so training starts at the base model.
-        bound = 1.0 / math.sqrt(base.in_features)
-        down = (torch.rand(subjects, rank, base.in_features, generator=generator) * 2 - 1) * bound
+        bound = 1.0 / math.sqrt(row.in_features)
+        down = (
+            torch.rand(subjects, row.rank, row.in_features, generator=generator) * 2 - 1
+        ) * bound
         self.down = torch.nn.Parameter(down)
-        self.up = torch.nn.Parameter(torch.zeros(subjects, base.out_features, rank))
+        self.up = torch.nn.Parameter(torch.zeros(subjects, row.out_features, row.rank))
         self.subject_index: torch.Tensor | None = None
         # Factors computed elsewhere (e.g. decoded from a latent being optimised), per subject.
         self.external: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This batch's factors, one per sample: down (b, r, in), up (b, out, r)."""
+        down_all, up_all = self.external if self.external is not None else (self.down, self.up)
+        return down_all[self.subject_index], up_all[self.subject_index]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         if self.subject_index is None:
             return out
-        down_all, up_all = self.external if self.external is not None else (self.down, self.up)
-        down = down_all[self.subject_index]  # (b, r, in)
-        up = up_all[self.subject_index]  # (b, out, r)
+        down, up = self.factors()
         flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (b, tokens, in)
         low = torch.einsum("bti,bri->btr", flat, down)
         delta = torch.einsum("btr,bor->bto", low, up)
         return out + self.scale * delta.reshape(out.shape)
+
+
+class BatchedLoraConv(BatchedLoraLinear):
+    """A frozen Conv2d plus one LoRA per subject: a kh x kw conv to r channels, then a 1x1 up.
+
+    All samples' down convolutions run as one grouped convolution (one group per sample).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.subject_index is None:
+            return out
+        down, up = self.factors()
+        b, channels = x.shape[:2]
+        rank = down.shape[1]
+        kernel = down.reshape(b * rank, channels, *self.base.kernel_size)
+        low = torch.nn.functional.conv2d(
+            x.reshape(1, b * channels, *x.shape[2:]),
+            kernel,
+            stride=self.base.stride,
+            padding=self.base.padding,
+            dilation=self.base.dilation,
+            groups=b,
+        ).reshape(b, rank, *out.shape[2:])
+        return out + self.scale * torch.einsum("brhw,bor->bohw", low, up)
 
 
 @contextlib.contextmanager
@@ -91,12 +126,14 @@ def batched_loras(
     try:
         for row in layout.rows:
             base = modules.get(row.module)
-            if not isinstance(base, torch.nn.Linear):
+            kind = torch.nn.Conv2d if row.is_conv else torch.nn.Linear
+            if not isinstance(base, kind):
                 raise LorasynthError(
-                    f"layout module {row.module!r} is not a Linear layer of this UNet"
+                    f"layout module {row.module!r} is not a {kind.__name__} layer of this UNet"
                 )
             parent_name, _, child = row.module.rpartition(".")
-            wrapper = BatchedLoraLinear(base, subjects, row.rank, scale, generator)
+            wrapper_type = BatchedLoraConv if row.is_conv else BatchedLoraLinear
+            wrapper = wrapper_type(base, subjects, row, scale, generator)
             modules[parent_name]._modules[child] = wrapper
             wrapped[row.module] = wrapper
         yield wrapped
@@ -216,6 +253,7 @@ def train_subject_loras(
                         w.down[k].detach().clone(),
                         w.up[k].detach().clone(),
                         float(config.alpha or config.rank),
+                        layout.row(name).kernel,
                     )
                     for name, w in wrapped.items()
                 }

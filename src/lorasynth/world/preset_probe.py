@@ -16,7 +16,12 @@ import torch
 
 from lorasynth.atomic import write_json_atomic
 from lorasynth.batch_generate import generate_with_loras
-from lorasynth.evaluate.metrics import id_similarity, mean_ci95, reference_embedding
+from lorasynth.evaluate.metrics import (
+    id_similarity,
+    mean_ci95,
+    reference_embedding,
+    top1_identification,
+)
 from lorasynth.lora import LoraLayout
 from lorasynth.paths import mini_world_dir
 from lorasynth.world.bank_build import BankBuildConfig, identity_training_data
@@ -28,40 +33,59 @@ CANDIDATES = (("w2w", 1), ("w2w", 4), ("attn", 1), ("attn", 4))
 
 
 def probe(
-    identities: int = 16, steps: int = 200, candidates=CANDIDATES, images_per_identity: int = 4
+    identities: int = 16,
+    steps: int = 200,
+    candidates=CANDIDATES,
+    images_per_identity: int = 4,
+    lr: float = 3e-3,
+    split: str = "train",
+    prompts: tuple[str, ...] = ("a photo of sks person",),
 ) -> dict:
+    """Image i of an identity uses prompts[i % len(prompts)]; top-1 is among the probe's own
+    identities, and prompt fidelity is scored on the images whose prompt names a background
+    (so `--split heldout --identities 100 --eval-prompts` measures the bank's acceptance)."""
     from lorasynth.faces.mini import embed_images, load_embedder
     from lorasynth.world.pipeline_io import load_pipeline
+    from lorasynth.world.prompt_fidelity import background_of, prompt_fidelity
 
     torch.set_num_threads(1)
     pipe = load_pipeline(mini_world_dir() / "pipeline")
     judge = load_embedder("mini-eval")
-    seeds = identity_seeds("train", identities)
+    seeds = identity_seeds(split, identities)
     refs = np.stack(
         [np.stack([im for im, _ in render_identity(s, 8, EVAL_REFERENCE_PHOTOS)]) for s in seeds]
     )
     ref_emb = reference_embedding(
         embed_images(judge, refs.reshape(-1, 32, 32, 3)).reshape(identities, 8, -1)
     )
-    prompt = "a photo of sks person"
+    image_prompts = [prompts[i % len(prompts)] for i in range(images_per_identity)] * identities
+    wanted = [background_of(p) for p in image_prompts]
+    named = [i for i, w in enumerate(wanted) if w]
     gen_seeds = [1000 + i for i in range(identities * images_per_identity)]
 
-    def score(loras, layout) -> tuple[float, float]:
+    subject = torch.arange(identities).repeat_interleave(images_per_identity)
+
+    def score(loras, layout) -> dict:
+        """ID similarity (mean, 95% interval) and top-1 identification among the probe's ids."""
         per_image = [lo for lo in loras for _ in range(images_per_identity)]
-        images = generate_with_loras(pipe, layout, per_image, [prompt] * len(per_image), gen_seeds)
-        sims = id_similarity(
-            embed_images(judge, images), ref_emb.repeat_interleave(images_per_identity, 0)
-        )
-        return mean_ci95(sims.reshape(identities, -1).mean(1).numpy())
+        images = generate_with_loras(pipe, layout, per_image, image_prompts, gen_seeds)
+        generated = embed_images(judge, images)
+        sims = id_similarity(generated, ref_emb[subject])
+        sim, ci = mean_ci95(sims.reshape(identities, -1).mean(1).numpy())
+        top1 = float(top1_identification(generated, subject, ref_emb).mean())
+        scores = {"id_sim": sim, "ci95": ci, "top1": top1}
+        if named:
+            scores["prompt_fidelity"] = prompt_fidelity(images[named], [wanted[i] for i in named])
+        return scores
 
     base_layout = LoraLayout.from_unet(pipe.unet, "w2w", 1)
-    results = {
-        "base": dict(zip(("id_sim", "ci95"), score([None] * identities, base_layout), strict=True))
-    }
+    results = {"base": score([None] * identities, base_layout)}
     for preset, rank in candidates:
         layout = LoraLayout.from_unet(pipe.unet, preset, rank)
         config = BankBuildConfig(
-            lora=LoraTrainConfig(preset=preset, rank=rank, steps=steps, samples_per_subject=2)
+            lora=LoraTrainConfig(
+                preset=preset, rank=rank, steps=steps, lr=lr, samples_per_subject=2
+            )
         )
         data = [identity_training_data(s, config) for s in seeds]
         start = time.perf_counter()
@@ -74,10 +98,8 @@ def probe(
             progress=False,
         )
         seconds = time.perf_counter() - start
-        sim, ci = score(loras, layout)
         results[f"{preset} r{rank}"] = {
-            "id_sim": sim,
-            "ci95": ci,
+            **score(loras, layout),
             "values": layout.size,
             "bytes_per_lora_fp32": layout.size * 4,
             "train_seconds_per_lora": seconds / identities,
@@ -91,8 +113,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--identities", type=int, default=16)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--split", choices=["train", "heldout"], default="train")
+    parser.add_argument("--images", type=int, default=4, help="images per identity")
+    parser.add_argument(
+        "--eval-prompts",
+        action="store_true",
+        help="cycle through evaluate's prompts (with backgrounds) instead of the subject prompt",
+    )
+    parser.add_argument(
+        "--candidates",
+        default=",".join(f"{p}:{r}" for p, r in CANDIDATES),
+        help="comma-separated PRESET:RANK pairs",
+    )
     args = parser.parse_args()
-    results = probe(args.identities, args.steps)
+    candidates = [(p, int(r)) for p, _, r in (c.partition(":") for c in args.candidates.split(","))]
+    from lorasynth.evaluate.run import domain_prompts
+
+    prompts = domain_prompts("faces") if args.eval_prompts else ("a photo of sks person",)
+    results = probe(
+        args.identities, args.steps, candidates, args.images, args.lr, args.split, prompts
+    )
     write_json_atomic(args.out, results)
     for name, row in results.items():
         extra = (
@@ -100,7 +141,10 @@ def main() -> None:
             if "values" in row
             else ""
         )
-        print(f"{name:10} ID sim {row['id_sim']:.3f} ± {row['ci95']:.3f}{extra}")
+        print(
+            f"{name:16} ID sim {row['id_sim']:.3f} ± {row['ci95']:.3f}  top-1 {row['top1']:.2f}"
+            f"  prompt fidelity {row.get('prompt_fidelity', float('nan')):.2f}{extra}"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ exact (checked by tests and reported next to every fidelity number).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -47,6 +48,12 @@ def classify_background(images: np.ndarray) -> list[str]:
     colours = border_colours(images)
     dist = ((colours[:, None, :] - _PALETTE[None]) ** 2).sum(-1)
     return [_NAMES[i] for i in dist.argmin(axis=1)]
+
+
+def background_of(prompt: str) -> str | None:
+    """The background colour a prompt asks for ("..., blue background" -> "blue"), if any."""
+    match = re.search(r"(\w+) background", prompt)
+    return match.group(1) if match else None
 
 
 def prompt_fidelity(images: np.ndarray, backgrounds: Sequence[str]) -> float:
