@@ -27,6 +27,7 @@ TINY_PRODUCTS = wb.WorldConfig(
     bank=BankBuildConfig(
         images_per_identity=2,
         chunk=4,
+        dtype="float16",  # as a shipped bank: every later stage reads float16 rows
         lora=LoraTrainConfig(
             preset="w2w",
             rank=1,

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from lorasynth.bank import Bank, Normaliser
+from lorasynth.bank import Bank, Normaliser, copy_bank
 from lorasynth.errors import LorasynthError
 from lorasynth.lora import LoraLayout
 
@@ -113,3 +113,24 @@ def test_normaliser_fit_save_load(tmp_path):
     assert loaded.hash == norm.hash
     with pytest.raises(LorasynthError, match="expected other"):
         Normaliser.load(path, "other")
+
+
+def test_float16_copy_halves_the_shards_reads_float32_and_keeps_side_files(tmp_path):
+    vectors = torch.randn(6, LAYOUT.size, generator=torch.Generator().manual_seed(0))
+    src = Bank.create(tmp_path / "src", LAYOUT, {"domain": "faces"})
+    src.append([f"id{i}" for i in range(6)], vectors)
+    (src.path / "conditions.safetensors").write_bytes(b"side file")
+    half = copy_bank(src, tmp_path / "half")
+    assert half.dtype == "float16" and half.ids == src.ids and half.extra == src.extra
+    assert half.vectors().dtype == torch.float32
+    torch.testing.assert_close(half.vectors(), vectors, rtol=1e-3, atol=1e-4)
+    assert (half.path / "conditions.safetensors").read_bytes() == b"side file"
+    assert half.verify() == [] and Bank(half.path).dtype == "float16"
+    with pytest.raises(LorasynthError, match="overflow"):
+        half.append(["big"], torch.full((1, LAYOUT.size), 1e6))
+    assert len(Bank(half.path)) == 6  # the refused append left the bank as it was
+
+
+def test_unknown_bank_dtype_is_refused(tmp_path):
+    with pytest.raises(LorasynthError, match="float16"):
+        Bank.create(tmp_path / "b", LAYOUT, dtype="int8")

@@ -53,6 +53,12 @@ def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
 
     bank, heldout = Bank(root / "bank"), Bank(root / "bank-heldout")
     assert (len(bank), len(heldout)) == (3, 2) and bank.domain == heldout.domain == "products"
+    assert bank.dtype == heldout.dtype == "float16" and bank.verify() == []
+    # The heldout stage scores its trained LoRAs (issue 4's acceptance) next to the base model.
+    acceptance = manifest["stages"]["bank-heldout"]["measured"]["acceptance"]
+    for row in (acceptance["trained"], acceptance["base"]):
+        assert row["identities"] == 2 and 0 <= row["top1"] <= 1 and -1 <= row["id_sim"] <= 1
+        assert 0 <= row["prompt_fidelity"] <= 1
     table = ConditionTable.load(root / "bank" / "conditions.safetensors")
     assert table.domain == "products" and table.embedder_id.startswith("mini-style/")
     assert manifest["stages"]["conditions"]["measured"]["embedder"] == "mini-style"

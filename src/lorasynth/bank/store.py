@@ -2,7 +2,7 @@
 
     BANK/manifest.json        layout hash, dtype, dim, row count, ids, sha256 per shard
     BANK/layout.json          the LoraLayout rows (so vectors can be turned back into LoRAs)
-    BANK/shard-00000.safetensors   tensor "vectors" (rows, dim)
+    BANK/shard-00000.safetensors   tensor "vectors" (rows, dim), float32 (or float16 to ship)
 
 An append writes whole new shards (temp file, fsync, rename) and only then the manifest, so a
 crash at any point leaves the bank as it was before the append; readers see old or new, never
@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,21 +76,36 @@ class Bank:
     # ---- creation ------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, path: str | os.PathLike[str], layout: LoraLayout, extra: dict | None = None
+        cls,
+        path: str | os.PathLike[str],
+        layout: LoraLayout,
+        extra: dict | None = None,
+        dtype: str = "float32",
     ) -> Bank:
-        """An empty bank for vectors of `layout` (refuses to overwrite an existing bank)."""
+        """An empty bank for vectors of `layout` (refuses to overwrite an existing bank).
+
+        `dtype` float16 halves the bytes (for banks that ship); rows always read as float32.
+        """
         path = Path(path)
+        if dtype not in _DTYPES:
+            raise LorasynthError(f"bank dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
         if (path / MANIFEST).exists():
             raise LorasynthError(f"{path}: a bank already exists here")
         path.mkdir(parents=True, exist_ok=True)
         (path / LAYOUT).write_text(layout.to_json() + "\n")
-        write_json_atomic(path / MANIFEST, _manifest(layout.hash, layout.size, [], [], extra or {}))
+        manifest = _manifest(layout.hash, layout.size, [], [], extra or {}, dtype)
+        write_json_atomic(path / MANIFEST, manifest)
         return cls(path)
 
     @classmethod
     def open_or_create(
-        cls, path: str | os.PathLike[str], layout: LoraLayout, extra: dict | None = None
+        cls,
+        path: str | os.PathLike[str],
+        layout: LoraLayout,
+        extra: dict | None = None,
+        dtype: str = "float32",
     ) -> Bank:
+        """The bank at `path`, or a new one (`dtype` applies only to a new bank)."""
         if (Path(path) / MANIFEST).exists():
             bank = cls(path)
             if bank.layout_hash != layout.hash:
@@ -101,7 +117,7 @@ class Bank:
 
                 check_same_domain(f"bank {path}", bank.domain, "the LoRAs to add", extra["domain"])
             return bank
-        return cls.create(path, layout, extra)
+        return cls.create(path, layout, extra, dtype)
 
     # ---- reading -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -198,7 +214,9 @@ class Bank:
                     f"{self.path}: id {dup or 'given twice'!r} already in the bank"
                 )
             shards = list(self.shards)
-            data = vectors.detach().to(torch.float32).contiguous()
+            data = vectors.detach().to(_DTYPES[self.dtype][0]).contiguous()
+            if not torch.isfinite(data).all():
+                raise LorasynthError(f"vectors overflow the bank's {self.dtype}; not stored")
             for lo in range(0, len(ids), shard_rows):
                 chunk = data[lo : lo + shard_rows].clone()
                 name = f"shard-{len(shards):05d}.safetensors"
@@ -206,7 +224,9 @@ class Bank:
                     self.path / name, {"vectors": chunk}, {"layout_hash": self.layout_hash}
                 )
                 shards.append(Shard(name, len(chunk), sha256_file(self.path / name)))
-            manifest = _manifest(self.layout_hash, self.dim, [*self.ids, *ids], shards, self.extra)
+            manifest = _manifest(
+                self.layout_hash, self.dim, [*self.ids, *ids], shards, self.extra, self.dtype
+            )
             write_json_atomic(self.path / MANIFEST, manifest)
             self._load()
 
@@ -238,7 +258,10 @@ class Bank:
             try:
                 header, _ = read_header(file)
                 shape = header["vectors"]["shape"]
-                if shape != [shard.rows, self.dim] or header["vectors"]["dtype"] != "F32":
+                if (
+                    shape != [shard.rows, self.dim]
+                    or header["vectors"]["dtype"] != _DTYPES.get(self.dtype, (None, None))[1]
+                ):
                     problems.append(
                         f"{file}: shard holds {shape}, manifest says [{shard.rows}, {self.dim}]"
                     )
@@ -260,13 +283,37 @@ class Bank:
         }
 
 
+def copy_bank(src: Bank, dst: str | os.PathLike[str], dtype: str = "float16") -> Bank:
+    """A copy of `src` at `dst` (which must not hold a bank) with rows stored as `dtype`;
+    the bank's other files (normaliser, conditions) are copied unchanged."""
+    dst = Path(dst)
+    out = Bank.create(dst, src.layout, src.extra, dtype)
+    for start in range(0, len(src), DEFAULT_SHARD_ROWS):
+        stop = min(len(src), start + DEFAULT_SHARD_ROWS)
+        out.append(src.ids[start:stop], src.vectors(start, stop))
+    managed = {MANIFEST, LAYOUT, ".lock", *(s.file for s in src.shards)}
+    for file in sorted(src.path.iterdir()):
+        if file.is_file() and file.name not in managed:
+            shutil.copy2(file, dst / file.name)
+    return Bank(dst)
+
+
+# Bank row dtypes: torch dtype and the safetensors name of the shards' tensors.
+_DTYPES = {"float32": (torch.float32, "F32"), "float16": (torch.float16, "F16")}
+
+
 def _manifest(
-    layout_hash: str, dim: int, ids: Sequence[str], shards: Sequence[Shard], extra: dict
+    layout_hash: str,
+    dim: int,
+    ids: Sequence[str],
+    shards: Sequence[Shard],
+    extra: dict,
+    dtype: str = "float32",
 ) -> dict:
     return {
         "format": BANK_FORMAT,
         "layout_hash": layout_hash,
-        "dtype": "float32",
+        "dtype": dtype,
         "dim": dim,
         "rows": len(ids),
         "ids": list(ids),

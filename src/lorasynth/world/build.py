@@ -56,6 +56,9 @@ class WorldConfig:
     embedder_eval_identities: int = 1000
     regressor_identities: int = 8000
     ablations: AblationConfig = field(default_factory=AblationConfig)
+    # Held-out identities the heldout stage scores its trained LoRAs on (issue 4's acceptance:
+    # top-1 among 100 and prompt fidelity with the LoRA applied); 0 skips it.
+    acceptance_identities: int = 100
 
 
 WORLD = WorldConfig()
@@ -199,6 +202,12 @@ def _bank_split(
             "loss_first_mean": sum(x["loss_first"] for x in logs) / len(logs) if logs else None,
             "loss_last_mean": sum(x["loss_last"] for x in logs) / len(logs) if logs else None,
         }
+        if split == "heldout" and world.acceptance_identities:
+            from lorasynth.world.acceptance import bank_acceptance
+
+            measured["acceptance"] = bank_acceptance(
+                pipeline, bank_path, world.acceptance_identities, domain=domain.name
+            )
         files = sorted(p for p in bank.path.iterdir() if p.is_file() and not p.name.startswith("."))
         how = _how(world, "bank" if split == "train" else "heldout")
         record_stage(bank_name, files, how, measured, root=domain.root())

@@ -1,8 +1,8 @@
 """Choose the bank's LoRA preset and rank by measurement: identity gained vs bytes per LoRA.
 
 For a few bank-train identities, trains a LoRA per (preset, rank), generates images with the
-subject prompt and scores them with `mini-eval` against reference renders, next to the base
-model. Prints a table and writes JSON; `python -m lorasynth.world.preset_probe --out FILE`.
+subject prompt and scores them with `mini-eval` against reference renders (world.acceptance),
+next to the base model. Prints a table and writes JSON; `python -m lorasynth.world.preset_probe --out FILE`.
 """
 
 from __future__ import annotations
@@ -15,19 +15,12 @@ import numpy as np
 import torch
 
 from lorasynth.atomic import write_json_atomic
-from lorasynth.batch_generate import generate_with_loras
-from lorasynth.evaluate.metrics import (
-    id_similarity,
-    mean_ci95,
-    reference_embedding,
-    top1_identification,
-)
 from lorasynth.lora import LoraLayout
 from lorasynth.paths import mini_world_dir
+from lorasynth.world.acceptance import IdentityScorer
 from lorasynth.world.bank_build import BankBuildConfig, identity_training_data
-from lorasynth.world.identities import EVAL_REFERENCE_PHOTOS, identity_seeds
+from lorasynth.world.identities import identity_seeds
 from lorasynth.world.lora_trainer import LoraTrainConfig, train_subject_loras
-from lorasynth.world.render import render_identity
 
 CANDIDATES = (("w2w", 1), ("w2w", 4), ("attn", 1), ("attn", 4))
 
@@ -44,42 +37,14 @@ def probe(
     """Image i of an identity uses prompts[i % len(prompts)]; top-1 is among the probe's own
     identities, and prompt fidelity is scored on the images whose prompt names a background
     (so `--split heldout --identities 100 --eval-prompts` measures the bank's acceptance)."""
-    from lorasynth.faces.mini import embed_images, load_embedder
     from lorasynth.world.pipeline_io import load_pipeline
-    from lorasynth.world.prompt_fidelity import background_of, prompt_fidelity
 
     torch.set_num_threads(1)
     pipe = load_pipeline(mini_world_dir() / "pipeline")
-    judge = load_embedder("mini-eval")
     seeds = identity_seeds(split, identities)
-    refs = np.stack(
-        [np.stack([im for im, _ in render_identity(s, 8, EVAL_REFERENCE_PHOTOS)]) for s in seeds]
-    )
-    ref_emb = reference_embedding(
-        embed_images(judge, refs.reshape(-1, 32, 32, 3)).reshape(identities, 8, -1)
-    )
-    image_prompts = [prompts[i % len(prompts)] for i in range(images_per_identity)] * identities
-    wanted = [background_of(p) for p in image_prompts]
-    named = [i for i, w in enumerate(wanted) if w]
-    gen_seeds = [1000 + i for i in range(identities * images_per_identity)]
-
-    subject = torch.arange(identities).repeat_interleave(images_per_identity)
-
-    def score(loras, layout) -> dict:
-        """ID similarity (mean, 95% interval) and top-1 identification among the probe's ids."""
-        per_image = [lo for lo in loras for _ in range(images_per_identity)]
-        images = generate_with_loras(pipe, layout, per_image, image_prompts, gen_seeds)
-        generated = embed_images(judge, images)
-        sims = id_similarity(generated, ref_emb[subject])
-        sim, ci = mean_ci95(sims.reshape(identities, -1).mean(1).numpy())
-        top1 = float(top1_identification(generated, subject, ref_emb).mean())
-        scores = {"id_sim": sim, "ci95": ci, "top1": top1}
-        if named:
-            scores["prompt_fidelity"] = prompt_fidelity(images[named], [wanted[i] for i in named])
-        return scores
-
+    scorer = IdentityScorer(pipe, seeds, prompts, images_per_identity)
     base_layout = LoraLayout.from_unet(pipe.unet, "w2w", 1)
-    results = {"base": score([None] * identities, base_layout)}
+    results = {"base": scorer.score([None] * identities, base_layout)}
     for preset, rank in candidates:
         layout = LoraLayout.from_unet(pipe.unet, preset, rank)
         config = BankBuildConfig(
@@ -99,7 +64,7 @@ def probe(
         )
         seconds = time.perf_counter() - start
         results[f"{preset} r{rank}"] = {
-            **score(loras, layout),
+            **scorer.score(loras, layout),
             "values": layout.size,
             "bytes_per_lora_fp32": layout.size * 4,
             "train_seconds_per_lora": seconds / identities,
