@@ -44,7 +44,7 @@ def _bank(path, layout, seeds, embedder=None, scale=0.05):
     return Bank(path)
 
 
-def test_evaluate_writes_results_report_and_plots(tiny_pipeline, tmp_path):
+def test_evaluate_writes_results_report_and_plots(tiny_pipeline, tmp_path, monkeypatch):
     torch.manual_seed(0)
     layout = LoraLayout.from_unet(tiny_pipeline.unet, "w2w", 1)
     cond_embedder = MiniEmbedder(EmbedderConfig("tiny-cond", "plain", (8, 8), (1, 1), 16)).eval()
@@ -88,8 +88,18 @@ def test_evaluate_writes_results_report_and_plots(tiny_pipeline, tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| nearest |" in report and "plots/grid.png" in report
     assert (tmp_path / "out" / "plots" / "fidelity-vs-time.png").is_file()
-    # A rerun reuses the cached images and gives the same numbers.
+    # A rerun reuses the cached images (making no LoRA at all) and gives the same numbers.
+    from lorasynth.evaluate.run import Evaluation
+
+    made_before = Evaluation.loras
+
+    def no_loras(self, *args, **kwargs):
+        # Only methods that are absent (nothing cached, nothing to make) may get here.
+        assert made_before(self, *args, **kwargs) is None, "cached LoRAs were made again"
+
+    monkeypatch.setattr(Evaluation, "loras", no_loras)
     again = evaluate(tmp_path / "out", config, models, progress=False)
+    monkeypatch.undo()
     assert (
         again["methods"]["nearest"]["id_sim_mean"] == results["methods"]["nearest"]["id_sim_mean"]
     )

@@ -19,7 +19,7 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -344,12 +344,23 @@ class Evaluation:
         return [unflatten(v, self.m.layout) for v in vectors]
 
     # ---- images (cached) ---------------------------------------------------------------------
-    def images(self, setting: str, method: str, loras: Sequence[LoraFile | None]) -> np.ndarray:
+    def images(
+        self,
+        setting: str,
+        method: str,
+        make_loras: Callable[[], Sequence[LoraFile | None] | None],
+    ) -> np.ndarray | None:
+        """The method's images (cached); its LoRAs are made only on a cache miss, so a rerun
+        (or a second process given other methods, same OUT) skips e.g. `optimize` entirely.
+        None when the method is unavailable (make_loras returned None)."""
         cache = self.cache_dir / f"{setting}-{method}.npz"
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as data:
                 if data["images"].shape[0] == len(self.seeds) * len(self.cfg.prompts):
                     return data["images"]
+        loras = make_loras()
+        if loras is None:
+            return None
         p = len(self.cfg.prompts)
         per_image_loras = [lora for lora in loras for _ in range(p)]
         prompts = [prompt for _ in loras for prompt in self.cfg.prompts]
@@ -478,11 +489,11 @@ class Evaluation:
     def run_setting(self, setting: str, photos: int, methods: Sequence[str]) -> dict:
         results, raw = {}, {}
         for method in methods:
-            loras = self.loras(method, photos)
-            if loras is None:
+            images = self.images(setting, method, lambda m=method: self.loras(m, photos))
+            if images is None:
                 results[method] = {"absent": True}
                 continue
-            raw[method] = self.score(self.images(setting, method, loras))
+            raw[method] = self.score(images)
         base = np.mean(raw["base"]["id_sim_per_identity"]) if "base" in raw else float("nan")
         trained = (
             np.mean(raw["trained"]["id_sim_per_identity"]) if "trained" in raw else float("nan")
@@ -655,8 +666,8 @@ def sweep_point(ev: Evaluation, steps: int | None = None, guidance: float | None
     steps_used = steps or ev.cfg.prior_steps
     guidance_used = guidance or ev.cfg.prior_guidance
     name = f"diffusion-s{steps_used}-g{guidance_used:g}"
-    loras = ev.loras("diffusion", 1, steps_used, guidance_used)
-    sims = ev.score(ev.images("sweep", name, loras))["id_sim_per_identity"]
+    images = ev.images("sweep", name, lambda: ev.loras("diffusion", 1, steps_used, guidance_used))
+    sims = ev.score(images)["id_sim_per_identity"]
     mean, ci = mean_ci95(sims)
     cond = ev.m.synth.embed(ev.photos[0][:1])[None]
     start = time.perf_counter()
