@@ -42,6 +42,10 @@ _OTHER_TYPES: tuple[tuple[bytes, int, str], ...] = (
 )
 
 
+class PhotoTooLarge(LorasynthError):
+    """A photo over a byte or pixel limit (the service answers 413, not 422)."""
+
+
 @dataclass(frozen=True)
 class PhotoLimits:
     """Refuse photos larger than this before decoding them."""
@@ -107,7 +111,7 @@ def _read_file(path: Path, limits: PhotoLimits) -> bytes:
         raise LorasynthError(f"{path}: no such photo")
     size = path.stat().st_size
     if size > limits.max_bytes:
-        raise LorasynthError(
+        raise PhotoTooLarge(
             f"{path}: {size:,} bytes is over the photo limit of {limits.max_bytes:,} bytes; "
             "save it smaller (e.g. as JPEG)"
         )
@@ -121,7 +125,7 @@ def decode_photo(data: bytes, name: str, limits: PhotoLimits = DEFAULT_LIMITS) -
     if not data:
         raise LorasynthError(f"{name}: empty file, not a photo")
     if len(data) > limits.max_bytes:
-        raise LorasynthError(
+        raise PhotoTooLarge(
             f"{name}: {len(data):,} bytes is over the photo limit of {limits.max_bytes:,} bytes"
         )
     fmt = sniff_format(data[:16])
@@ -136,13 +140,13 @@ def decode_photo(data: bytes, name: str, limits: PhotoLimits = DEFAULT_LIMITS) -
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below
             im = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
-        raise LorasynthError(f"{name}: refused as a decompression bomb: {exc}") from None
+        raise PhotoTooLarge(f"{name}: refused as a decompression bomb: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise LorasynthError(f"{name}: corrupt {fmt} header: {exc}") from None
     with im:
         width, height = im.size
         if width * height > limits.max_pixels:
-            raise LorasynthError(
+            raise PhotoTooLarge(
                 f"{name}: {width}x{height} = {width * height / 1e6:.1f} MP is over the limit of "
                 f"{limits.max_pixels / 1e6:g} MP (a decompression bomb or an oversized photo); "
                 "scale it down"
