@@ -62,3 +62,20 @@ def test_world_info_and_verify_cli(tmp_path, monkeypatch):
     f.write_bytes(b"2")
     proc = run_cli("world", "verify")
     assert proc.returncode == 1 and "w.bin" in proc.stderr
+
+
+def test_shipped_banks_are_what_the_world_config_builds():
+    """`world info` reports the config's preset and rank; the shipped banks must match them."""
+    from lorasynth.bank import Bank
+    from lorasynth.world.bank_build import bank_layout
+    from lorasynth.world.build import WORLDS
+
+    for world in WORLDS.values():
+        from lorasynth.domains import get_domain
+
+        root = get_domain(world.domain).root()
+        if not (root / "bank" / "manifest.json").is_file():
+            continue  # a domain not built here
+        layout = bank_layout(root / "pipeline", world.bank)
+        for split in ("bank", "bank-heldout"):
+            assert Bank(root / split).layout_hash == layout.hash, (world.domain, split)

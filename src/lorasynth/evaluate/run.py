@@ -41,7 +41,7 @@ from lorasynth.evaluate.metrics import (
     top1_identification,
 )
 from lorasynth.lora import LoraFile, LoraLayout, unflatten, write_lora
-from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
+from lorasynth.models.defaults import IMAGE_GUIDANCE, PRIOR_GUIDANCE, PRIOR_STEPS
 from lorasynth.synthesis import Prior, Synthesizer
 from lorasynth.world.ablations import built_ablations
 from lorasynth.world.identities import bank_id, identity_seeds
@@ -111,7 +111,7 @@ class EvalConfig:
     references: int = 8
     gallery: int = 100
     image_steps: int = 20
-    image_guidance: float = 3.0
+    image_guidance: float = IMAGE_GUIDANCE  # identity fades with it (models/defaults.py)
     prior_steps: int = PRIOR_STEPS
     prior_guidance: float = PRIOR_GUIDANCE
     timing_repeats: int = 20

@@ -25,6 +25,7 @@ from lorasynth.evaluate.metrics import (
     top1_identification,
 )
 from lorasynth.lora import LoraFile, LoraLayout
+from lorasynth.models.defaults import IMAGE_GUIDANCE
 from lorasynth.world.prompt_fidelity import background_of, prompt_fidelity
 
 ACCEPTANCE_IDENTITIES = 100
@@ -42,11 +43,13 @@ class IdentityScorer:
         prompts: Sequence[str],
         images_per_identity: int,
         domain: str = "faces",
+        guidance: float = IMAGE_GUIDANCE,
     ) -> None:
         from lorasynth.faces.mini import embed_images
 
         dom = get_domain(domain)
         self.pipe = pipe
+        self.guidance = guidance
         self.judge = load_mini_embedder(dom, dom.judge)
         self._embed = embed_images
         refs = np.stack(
@@ -74,7 +77,9 @@ class IdentityScorer:
         if len(loras) != self.n:
             raise ValueError(f"need {self.n} LoRAs, one per identity, got {len(loras)}")
         per_image = [lora for lora in loras for _ in range(self.per_identity)]
-        images = generate_with_loras(self.pipe, layout, per_image, self.prompts, self.seeds)
+        images = generate_with_loras(
+            self.pipe, layout, per_image, self.prompts, self.seeds, guidance=self.guidance
+        )
         generated = self._embed(self.judge, images)
         sims = id_similarity(generated, self.references[self.subject])
         sim, ci = mean_ci95(sims.reshape(self.n, -1).mean(1).numpy())
