@@ -82,3 +82,19 @@ def test_training_lowers_each_subjects_loss(tiny_pipeline):
                 (tiny_pipeline.unet(noisy, t, encoder_hidden_states=cond).sample - noise) ** 2
             ).mean()
     assert tuned < base
+
+
+def test_shared_init_starts_every_subject_from_the_same_down_factor(tiny_pipeline):
+    from lorasynth.world.lora_trainer import batched_loras
+
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, "attn-ff-conv", 2)
+    for shared in (True, False):
+        gen = torch.Generator().manual_seed(0)
+        with batched_loras(tiny_pipeline.unet, layout, 3, 1.0, gen, shared) as wrapped:
+            down = next(iter(wrapped.values())).down
+            assert torch.equal(down[0], down[2]) is shared
+    images, prompts = _data()
+    config = LoraTrainConfig(rank=2, steps=3, lr=0.05, samples_per_subject=2, shared_init=True)
+    loras, _ = train_subject_loras(tiny_pipeline, layout, images, prompts, config, progress=False)
+    name = layout.rows[0].module
+    assert not torch.equal(loras[0].modules[name].down, loras[1].modules[name].down)

@@ -33,6 +33,9 @@ class LoraTrainConfig:
     samples_per_subject: int = 4  # per step
     subject_prompt: str = "a photo of sks person"
     seed: int = 0
+    # Start every subject's down factor from the same random draw (per module), so LoRAs of
+    # different subjects differ only where training moved them, not by their initialisation.
+    shared_init: bool = False
 
     @property
     def scale(self) -> float:
@@ -56,15 +59,16 @@ class BatchedLoraLinear(torch.nn.Module):
         row: LayoutRow,
         scale: float,
         generator: torch.Generator,
+        shared_init: bool = False,
     ) -> None:
         super().__init__()
         self.base = base
         self.scale = scale
         # Standard LoRA init: A small random, B zero, so training starts at the base model.
         bound = 1.0 / math.sqrt(row.in_features)
-        down = (
-            torch.rand(subjects, row.rank, row.in_features, generator=generator) * 2 - 1
-        ) * bound
+        draws = 1 if shared_init else subjects
+        down = (torch.rand(draws, row.rank, row.in_features, generator=generator) * 2 - 1) * bound
+        down = down.expand(subjects, -1, -1).clone()
         self.down = torch.nn.Parameter(down)
         self.up = torch.nn.Parameter(torch.zeros(subjects, row.out_features, row.rank))
         self.subject_index: torch.Tensor | None = None
@@ -119,6 +123,7 @@ def batched_loras(
     subjects: int,
     scale: float,
     generator: torch.Generator,
+    shared_init: bool = False,
 ) -> Iterator[dict[str, BatchedLoraLinear]]:
     """Wrap the layout's modules of `unet` in BatchedLoraLinear for the duration of the block."""
     modules = dict(unet.named_modules())
@@ -133,7 +138,7 @@ def batched_loras(
                 )
             parent_name, _, child = row.module.rpartition(".")
             wrapper_type = BatchedLoraConv if row.is_conv else BatchedLoraLinear
-            wrapper = wrapper_type(base, subjects, row, scale, generator)
+            wrapper = wrapper_type(base, subjects, row, scale, generator, shared_init)
             modules[parent_name]._modules[child] = wrapper
             wrapped[row.module] = wrapper
         yield wrapped
@@ -218,7 +223,7 @@ def train_subject_loras(
 
     log: dict = {"loss": [], "config": config.to_dict(), "subjects": subjects}
     start = time.perf_counter()
-    with batched_loras(unet, layout, subjects, config.scale, gen) as wrapped:
+    with batched_loras(unet, layout, subjects, config.scale, gen, config.shared_init) as wrapped:
         params = [p for w in wrapped.values() for p in (w.down, w.up)]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
         subject_index = torch.arange(subjects).repeat_interleave(config.samples_per_subject)
