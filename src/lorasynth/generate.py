@@ -43,32 +43,29 @@ def base_layout(
 
 def check_fits_base(layout: LoraLayout, base: Base = "mini", config: Base | None = None) -> None:
     """Raise unless every module of `layout` is a layer of the base UNet with the same shape."""
-    shapes = _layer_shapes(pipeline_unet_config(resolve_base(base), config))
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    from lorasynth.lora.layout import layer_row
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(pipeline_unet_config(resolve_base(base), config))
+    modules = dict(unet.named_modules())
     for row in layout.rows:
-        found = shapes.get(row.module)
-        if found != (row.in_features, row.out_features, row.kernel):
-            where = "is missing" if found is None else f"is {found[0]} -> {found[1]}"
+        module = modules.get(row.module)
+        found = (
+            layer_row(row.module, module, row.rank)
+            if isinstance(module, torch.nn.Linear | torch.nn.Conv2d)
+            else None
+        )
+        if found != row:
+            where = (
+                "is missing" if found is None else f"is {found.in_features} -> {found.out_features}"
+            )
             raise LorasynthError(
                 f"{layout.describe()} does not fit base {base}: {row.module} {where} there, "
                 f"{row.in_features} -> {row.out_features} in the layout; use the bank's base model"
             )
-
-
-def _layer_shapes(unet_config: dict) -> dict[str, tuple[int, int, tuple[int, int] | None]]:
-    """(in_features, out_features, kernel) of every Linear and Conv2d, as layout rows count them."""
-    from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
-
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(unet_config)
-    shapes = {}
-    for name, m in unet.named_modules():
-        if isinstance(m, torch.nn.Linear):
-            shapes[name] = (m.in_features, m.out_features, None)
-        elif isinstance(m, torch.nn.Conv2d):
-            kh, kw = m.kernel_size
-            shapes[name] = (m.in_channels * kh * kw // m.groups, m.out_channels, (kh, kw))
-    return shapes
 
 
 def generate_images(

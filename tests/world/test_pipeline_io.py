@@ -64,6 +64,7 @@ def test_folder_and_file_bases_have_the_same_layout(tiny_pipeline, single_file, 
     assert base_layout(folder) == want
     assert base_layout(path, config=config) == want
     check_fits_base(want, folder)
+    check_fits_base(LoraLayout.from_unet(tiny_pipeline.unet, "attn-ff-conv", 1), folder)  # convs
     other = LoraLayout.sd15("w2w", 1)
     with pytest.raises(LorasynthError, match="does not fit base"):
         check_fits_base(other, folder)

@@ -109,7 +109,7 @@ class LoraLayout:
         """Rows for every Linear (or Conv2d) of `unet` whose path ends with a preset suffix."""
         suffixes = preset_suffixes(preset)
         rows = tuple(
-            _row(name, module, rank)
+            layer_row(name, module, rank)
             for name, module in unet.named_modules()
             if isinstance(module, torch.nn.Linear | torch.nn.Conv2d) and name.endswith(suffixes)
         )
@@ -209,7 +209,8 @@ class LoraLayout:
             raise LorasynthError(f"malformed layout JSON: {exc}") from None
 
 
-def _row(name: str, module: torch.nn.Module, rank: int) -> LayoutRow:
+def layer_row(name: str, module: torch.nn.Module, rank: int) -> LayoutRow:
+    """The layout row of a Linear or Conv2d module (how a layout counts its in/out features)."""
     if isinstance(module, torch.nn.Linear):
         return LayoutRow(name, module.in_features, module.out_features, rank)
     assert isinstance(module, torch.nn.Conv2d)

@@ -17,8 +17,6 @@ from lorasynth.errors import LorasynthError
 from lorasynth.service.problems import Problem
 
 UPLOAD_NAME = "the uploaded photo"  # how loader messages name it (never the client's file name)
-# What the faces loader's messages say when a photo is over a limit (pinned by
-# tests/service/test_api.py::test_bad_and_oversized_images, so a rewording fails there).
 
 
 @dataclass
