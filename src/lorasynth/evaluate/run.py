@@ -400,8 +400,8 @@ class Evaluation:
     def score(self, images: np.ndarray) -> dict:
         from lorasynth.world.prompt_fidelity import (
             background_of,
-            classify_background,
             frechet_distance,
+            prompt_fidelity,
         )
 
         n, p = len(self.seeds), len(self.cfg.prompts)
@@ -413,10 +413,7 @@ class Evaluation:
         wanted = [background_of(prompt) for prompt in self.cfg.prompts] * n
         named = [i for i, w in enumerate(wanted) if w]
         if named:
-            got = classify_background(images[named])
-            scores["prompt_fidelity"] = float(
-                np.mean([g == wanted[i] for g, i in zip(got, named, strict=True)])
-            )
+            scores["prompt_fidelity"] = prompt_fidelity(images[named], [wanted[i] for i in named])
         scores["frechet"] = float(frechet_distance(emb.numpy(), self.reference_embeddings.numpy()))
         if self.m.regressor is not None:
             from lorasynth.faces.mini import predict_attributes
