@@ -13,7 +13,8 @@ from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
 from lorasynth.bank.conditions import ConditionTable
 from lorasynth.errors import LorasynthError
 from lorasynth.lora import LoraLayout
-from lorasynth.models.store import load_prior, load_vae
+from lorasynth.models.representation import PcaRepresentation
+from lorasynth.models.store import load_prior, load_vae, save_half_model_copy
 from lorasynth.train import PriorTrainConfig, VAETrainConfig, train_prior, train_vae
 
 LAYOUT = LoraLayout.from_shapes(
@@ -90,13 +91,22 @@ def test_vae_then_prior_train_and_record_provenance(tmp_path):
     assert torch.allclose(full_out, half_out, atol=1e-2) and not torch.equal(full_out, half_out)
 
 
-@pytest.mark.parametrize("representation", ["pca", "raw"])
-def test_prior_over_pca_or_raw(tmp_path, representation):
+@pytest.mark.parametrize("representation", ["pca", "ridge", "raw"])
+def test_prior_over_pca_ridge_or_raw(tmp_path, representation):
     bank, cond = make_synthetic_bank(tmp_path)
     cfg = replace(PRIOR_CFG, representation=representation, pca_dim=6, steps=10)
     _, prov, extra, _ = load_prior(train_prior(bank, cond, tmp_path / "p", cfg, progress=False))
-    assert prov.representation.split(":")[0] == representation
-    assert ("pca_components" in extra) == (representation == "pca")
+    # A ridge basis is stored and decoded exactly like a PCA basis.
+    kind = "pca" if representation == "ridge" else representation
+    assert prov.representation.split(":")[0] == kind
+    assert ("pca_components" in extra) == (kind == "pca")
+    if kind == "pca":  # the shipped float16 copy keeps the basis exactly (its id still holds)
+        half = tmp_path / "half.safetensors"
+        save_half_model_copy(tmp_path / "p" / "prior.safetensors", half)
+        _, _, half_extra, _ = load_prior(half)
+        basis = PcaRepresentation(half_extra["pca_mean"], half_extra["pca_components"])
+        assert basis.id == prov.representation
+        assert half.stat().st_size < (tmp_path / "p" / "prior.safetensors").stat().st_size
 
 
 def test_resume_gives_the_same_run(tmp_path):

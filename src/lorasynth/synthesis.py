@@ -284,7 +284,8 @@ class Synthesizer:
         gram = deviations @ deviations.T + self.lincomb_ridge * torch.eye(k, dtype=torch.float64)
         w = torch.linalg.solve(gram, deviations @ (cond.double() - centre))
         mean_vector = self.normaliser.mean.double()
-        neighbours = self.vectors[top].double() - mean_vector
+        # The mean is of sign-aligned vectors (if the normaliser aligns): align the neighbours too.
+        neighbours = self.normaliser.align(self.vectors[top]).double() - mean_vector
         deviation = w @ neighbours
         # A combination of many high-dimensional LoRAs shrinks towards the mean (measured on the
         # mini-world: half the norm, ID similarity 0.10 vs 0.19 for nearest); give it the

@@ -55,8 +55,8 @@ class VAETrainConfig:
 
 @dataclass(frozen=True)
 class PriorTrainConfig:
-    representation: str = "vae"  # vae | pca | raw
-    pca_dim: int = 64
+    representation: str = "vae"  # vae | pca | ridge | raw
+    pca_dim: int = 64  # dimensions of a pca or ridge representation
     width: int = 512
     depth: int = 6
     conditioning: str = "adalora"
@@ -224,14 +224,26 @@ def train_vae(
 
 
 def _representation(
-    config: PriorTrainConfig, bank: Bank, norm: Normaliser, vae_path: Path | None
+    config: PriorTrainConfig,
+    bank: Bank,
+    norm: Normaliser,
+    vae_path: Path | None,
+    table: ConditionTable,
 ) -> Representation:
     check_representation(config.representation)
     if config.representation == "raw":
         return Representation(bank.dim)
-    if config.representation == "pca":
-        sample = norm.encode(bank.vectors(0, min(len(bank), 20_000)))
-        return PcaRepresentation.fit(sample, config.pca_dim, config.seed)
+    if config.representation in ("pca", "ridge"):
+        rows = min(len(bank), 20_000)
+        sample = norm.encode(bank.vectors(0, rows))
+        if config.representation == "ridge":
+            cond = table.mean_embeddings()[table.index_for(bank.ids[:rows])]
+            rep = PcaRepresentation.fit_predictable(sample, cond, config.pca_dim)
+        else:
+            rep = PcaRepresentation.fit(sample, config.pca_dim, config.seed)
+        # A float16-exact basis ships at half the bytes without changing the model's identity
+        # (its id hashes the basis); it is ~D x k values, the largest part of such a prior.
+        return PcaRepresentation(rep.mean, rep.components.half().float())
     if vae_path is None:
         raise LorasynthError("representation 'vae' needs --vae (a lora-vae.safetensors)")
     vae, provenance, digest = load_vae(vae_path)
@@ -285,7 +297,7 @@ def train_prior(
         table.domain,
     )
     cond_rows = table.index_for(bank.ids)
-    rep = _representation(config, bank, norm, Path(vae_path) if vae_path else None)
+    rep = _representation(config, bank, norm, Path(vae_path) if vae_path else None, table)
     mean, std = _latent_stats(rep, bank, norm)
     torch.manual_seed(config.seed)
     model = Denoiser(

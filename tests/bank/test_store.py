@@ -134,3 +134,85 @@ def test_float16_copy_halves_the_shards_reads_float32_and_keeps_side_files(tmp_p
 def test_unknown_bank_dtype_is_refused(tmp_path):
     with pytest.raises(LorasynthError, match="float16"):
         Bank.create(tmp_path / "b", LAYOUT, dtype="int8")
+
+
+def test_default_shards_stay_under_the_byte_limit(tmp_path, monkeypatch):
+    import lorasynth.bank.store as store
+
+    row_bytes = LAYOUT.size * 4
+    monkeypatch.setattr(store, "DEFAULT_SHARD_BYTES", 3 * row_bytes + 1)
+    bank = Bank.create(tmp_path / "bank", LAYOUT)
+    bank.append([f"id{i}" for i in range(7)], torch.zeros(7, LAYOUT.size))
+    assert [s.rows for s in bank.shards] == [3, 3, 1]
+    half = copy_bank(bank, tmp_path / "half")  # float16 rows: twice as many fit a shard
+    assert [s.rows for s in half.shards] == [6, 1]
+    for shard in half.shards:
+        assert (half.path / shard.file).stat().st_size < 3 * row_bytes + 1 + 4096
+
+
+def _flipped_bank(rows=64, seed=0):
+    """Rows whose per-module blocks share a direction up to a random sign (as canonical
+    vectors do), for a two-module layout."""
+    layout = LoraLayout.from_shapes(
+        {
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": (6, 5, 1),
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k": (4, 5, 1),
+        }
+    )
+    gen = torch.Generator().manual_seed(seed)
+    direction = torch.randn(layout.size, generator=gen)
+    vectors = direction + 0.3 * torch.randn(rows, layout.size, generator=gen)
+    for j in range(len(layout.rows)):
+        lo, hi = layout.offsets[j], layout.offsets[j + 1]
+        vectors[:, lo:hi] *= torch.where(torch.rand(rows, 1, generator=gen) < 0.5, -1.0, 1.0)
+    return layout, vectors
+
+
+def _updates(vector, layout):
+    from lorasynth.lora import unflatten
+
+    lora = unflatten(vector, layout)
+    return [m.up @ m.down for m in lora.modules.values()]
+
+
+def test_sign_alignment_flips_blocks_together_and_keeps_every_update(tmp_path, monkeypatch):
+    import lorasynth.bank.normaliser as normaliser
+
+    layout, vectors = _flipped_bank()
+    monkeypatch.setattr(normaliser, "_ALIGN_ROWS", 20)  # references from the first batches only
+    norm = Normaliser.fit(vectors.split(16), layout.hash, layout.offsets)
+    aligned = norm.align(vectors)
+    for j in range(len(layout.rows)):
+        block = aligned[:, layout.offsets[j] : layout.offsets[j + 1]]
+        cos = torch.nn.functional.normalize(block, dim=1) @ torch.nn.functional.normalize(
+            block.mean(0), dim=0
+        )
+        assert (cos > 0).all()  # every row now agrees with the bulk
+    for i in (0, 7):
+        for before, after in zip(
+            _updates(vectors[i], layout), _updates(aligned[i], layout), strict=True
+        ):
+            torch.testing.assert_close(before, after)
+    torch.testing.assert_close(norm.decode(norm.encode(vectors)), aligned)
+    plain = Normaliser.fit([vectors], layout.hash)
+    assert norm.std.mean() < 0.5 * plain.std.mean()  # the sign scatter was most of the spread
+    torch.testing.assert_close(norm.align(vectors[3]), aligned[3])  # one vector works too
+
+
+def test_aligned_normaliser_round_trips_and_refuses_tampering(tmp_path):
+    layout, vectors = _flipped_bank()
+    norm = Normaliser.fit([vectors], layout.hash, layout.offsets)
+    path = norm.save(tmp_path / "n.safetensors")
+    loaded = Normaliser.load(path, layout.hash)
+    assert loaded.aligned and loaded.hash == norm.hash
+    torch.testing.assert_close(loaded.encode(vectors), norm.encode(vectors))
+    plain = Normaliser.fit([vectors], layout.hash)
+    assert plain.hash != norm.hash and not plain.aligned
+
+    from lorasynth.lora.safetensors_io import load_tensors, save_tensors
+
+    tensors, meta = load_tensors(path)
+    tensors["sign_reference"] = -tensors["sign_reference"]
+    save_tensors(path, tensors, meta)
+    with pytest.raises(LorasynthError, match="hash"):
+        Normaliser.load(path)

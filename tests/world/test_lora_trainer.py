@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lorasynth.errors import LorasynthError
 from lorasynth.lora import LoraLayout, read_lora, write_lora
 from lorasynth.world.lora_trainer import (
     LoraTrainConfig,
@@ -98,3 +99,18 @@ def test_shared_init_starts_every_subject_from_the_same_down_factor(tiny_pipelin
     loras, _ = train_subject_loras(tiny_pipeline, layout, images, prompts, config, progress=False)
     name = layout.rows[0].module
     assert not torch.equal(loras[0].modules[name].down, loras[1].modules[name].down)
+
+
+def test_frozen_down_trains_only_the_up_factors(tiny_pipeline):
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, "attn-ff-conv", 2)
+    images, prompts = _data()
+    config = LoraTrainConfig(
+        rank=2, steps=3, lr=0.05, samples_per_subject=2, shared_init=True, train_down=False
+    )
+    loras, _ = train_subject_loras(tiny_pipeline, layout, images, prompts, config, progress=False)
+    for row in layout.rows:
+        first, second = loras[0].modules[row.module], loras[1].modules[row.module]
+        assert torch.equal(first.down, second.down)  # one shared, untouched draw
+        assert first.up.abs().sum() > 0 and not torch.equal(first.up, second.up)
+    with pytest.raises(LorasynthError, match="shared_init"):
+        LoraTrainConfig(train_down=False)

@@ -32,6 +32,9 @@ MANIFEST = "manifest.json"
 LAYOUT = "layout.json"
 BANK_FORMAT = "lorasynth-bank/1"
 DEFAULT_SHARD_ROWS = 1024
+# Shards stay under this many bytes (and DEFAULT_SHARD_ROWS rows), so a shipped bank of wide
+# rows never becomes one file too big for git hosting's per-file limits.
+DEFAULT_SHARD_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -193,9 +196,12 @@ class Bank:
 
     # ---- appending -----------------------------------------------------------------------
     def append(
-        self, ids: Sequence[str], vectors: torch.Tensor, shard_rows: int = DEFAULT_SHARD_ROWS
+        self, ids: Sequence[str], vectors: torch.Tensor, shard_rows: int | None = None
     ) -> None:
-        """Add rows atomically: new shards first, then the manifest; ids must be new."""
+        """Add rows atomically: new shards first, then the manifest; ids must be new.
+
+        Shards hold `shard_rows` rows each (default: as many as fit DEFAULT_SHARD_BYTES, at
+        most DEFAULT_SHARD_ROWS)."""
         if len(ids) != len(vectors):
             raise LorasynthError(f"{len(ids)} ids for {len(vectors)} vectors")
         if len(ids) == 0:
@@ -215,6 +221,8 @@ class Bank:
                 )
             shards = list(self.shards)
             data = vectors.detach().to(_DTYPES[self.dtype][0]).contiguous()
+            if shard_rows is None:
+                shard_rows = self.default_shard_rows()
             if not torch.isfinite(data).all():
                 raise LorasynthError(f"vectors overflow the bank's {self.dtype}; not stored")
             for lo in range(0, len(ids), shard_rows):
@@ -229,6 +237,10 @@ class Bank:
             )
             write_json_atomic(self.path / MANIFEST, manifest)
             self._load()
+
+    def default_shard_rows(self) -> int:
+        row_bytes = self.dim * _DTYPES[self.dtype][0].itemsize
+        return max(1, min(DEFAULT_SHARD_ROWS, DEFAULT_SHARD_BYTES // row_bytes))
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -288,8 +300,9 @@ def copy_bank(src: Bank, dst: str | os.PathLike[str], dtype: str = "float16") ->
     the bank's other files (normaliser, conditions) are copied unchanged."""
     dst = Path(dst)
     out = Bank.create(dst, src.layout, src.extra, dtype)
-    for start in range(0, len(src), DEFAULT_SHARD_ROWS):
-        stop = min(len(src), start + DEFAULT_SHARD_ROWS)
+    step = out.default_shard_rows()
+    for start in range(0, len(src), step):
+        stop = min(len(src), start + step)
         out.append(src.ids[start:stop], src.vectors(start, stop))
     managed = {MANIFEST, LAYOUT, ".lock", *(s.file for s in src.shards)}
     for file in sorted(src.path.iterdir()):

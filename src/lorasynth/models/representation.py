@@ -1,4 +1,11 @@
-"""What the prior diffuses over: VAE latents (default), PCA coefficients, or raw vectors.
+"""What the prior diffuses over: VAE latents, PCA or ridge-subspace coefficients, or raw vectors.
+
+- pca: the top-k principal directions of the bank (most variance);
+- ridge: the k directions of LoRA space that the condition embedding predicts linearly (the
+  principal directions of a ridge regression's fitted values). On the v1 faces bank most of a
+  LoRA's variance is subject-specific detail that no other subject shares (all 499 principal
+  directions of 500 LoRAs explain 10% of a held-out LoRA), so variance-ranked latents (PCA, the
+  VAE) keep what does not generalise; the ridge directions keep what the face predicts.
 
 All three map normalised canonical vectors z <-> prior space x; the prior additionally
 standardises x per coordinate (its own stored mean/std), like SD's latent scaling factor.
@@ -12,7 +19,7 @@ from lorasynth.errors import LorasynthError
 from lorasynth.models.store import weights_hash
 from lorasynth.models.vae import LoraVAE
 
-REPRESENTATIONS = ("vae", "pca", "raw")
+REPRESENTATIONS = ("vae", "pca", "ridge", "raw")
 
 
 class Representation:
@@ -85,6 +92,27 @@ class PcaRepresentation(Representation):
         )  # pca_lowrank takes no generator; fix its sketch for reproducibility
         _, _, v = torch.pca_lowrank(z - mean, q=min(k + 10, min(z.shape)), center=False, niter=4)
         return cls(mean, v[:, :k].T.contiguous())
+
+    @classmethod
+    def fit_predictable(
+        cls, z: torch.Tensor, cond: torch.Tensor, k: int, ridge: float = 1e-2
+    ) -> PcaRepresentation:
+        """The k principal directions of a ridge regression of z (N, D) on cond (N, E).
+
+        Stored and decoded like PCA (a mean and orthonormal rows), so a prior on this basis
+        loads as a PCA prior. k is at most min(N, E): the fit's rank."""
+        if k > min(cond.shape):
+            raise LorasynthError(
+                f"ridge dimension {k} exceeds the fit's rank min(rows, embedding) = {min(cond.shape)}"
+            )
+        z = z.double()
+        cond = cond.double()
+        mean, centre = z.mean(0), cond.mean(0)
+        c = cond - centre
+        gram = c.T @ c + ridge * len(c) * torch.eye(c.shape[1], dtype=c.dtype)
+        fitted = c @ torch.linalg.solve(gram, c.T @ (z - mean))  # (N, D), rank <= E
+        _, _, vh = torch.linalg.svd(fitted, full_matrices=False)
+        return cls(mean.float(), vh[:k].float().contiguous())
 
 
 def check_representation(kind: str) -> str:

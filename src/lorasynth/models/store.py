@@ -56,9 +56,12 @@ class Provenance:
 
 
 def save_half_model_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """The shipped copy of a model file: its weights (model.*) as float16, extras (latent
-    statistics, PCA basis) kept float32; `_load` upcasts. The weights_hash still names the model."""
-    save_half_copy(src, dst, keys=lambda key: key.startswith("model."))
+    """The shipped copy of a model file: its weights (model.*) and a PCA/ridge basis (already
+    float16-exact, see train_prior) as float16, latent statistics kept float32; `_load`
+    upcasts. The weights_hash still names the model."""
+    save_half_copy(
+        src, dst, keys=lambda key: key.startswith("model.") or key == "extra.pca_components"
+    )
 
 
 def save_model(

@@ -189,7 +189,8 @@ def _bank_split(
     split: str, count: Callable[[WorldConfig], int], bank_name: str
 ) -> Callable[[WorldConfig, bool, bool], dict]:
     def run(world: WorldConfig, resume: bool, progress: bool) -> dict:
-        from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
+        from lorasynth.bank import Bank
+        from lorasynth.bank.normaliser import refit_normaliser
         from lorasynth.world.bank_build import bank_layout, open_bank
 
         domain = _domain(world)
@@ -202,8 +203,7 @@ def _bank_split(
         _run_workers(pipeline, split, count(world), bank_path, logs_dir, config, world.workers)
         trained = time.perf_counter() - start
         bank = Bank(bank_path)
-        normaliser = Normaliser.fit(bank.iter_batches(1024), bank.layout_hash)
-        normaliser.save(bank.path / NORMALISER_FILE)
+        normaliser = refit_normaliser(bank)
         logs = [json.loads(p.read_text()) for p in sorted(logs_dir.glob("chunk-*.json"))]
         n_logged = max(1, sum(len(x["identities"]) for x in logs))
         measured = {

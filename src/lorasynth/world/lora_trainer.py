@@ -36,6 +36,13 @@ class LoraTrainConfig:
     # Start every subject's down factor from the same random draw (per module), so LoRAs of
     # different subjects differ only where training moved them, not by their initialisation.
     shared_init: bool = False
+    # Train only the up factors, keeping the shared down draw fixed (LoRA-FA): every subject's
+    # update then lies in one row space, dW = B_k A, linear in what is learned. Needs shared_init.
+    train_down: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.train_down and not self.shared_init:
+            raise LorasynthError("train_down=False needs shared_init=True (one frozen down factor)")
 
     @property
     def scale(self) -> float:
@@ -224,7 +231,9 @@ def train_subject_loras(
     log: dict = {"loss": [], "config": config.to_dict(), "subjects": subjects}
     start = time.perf_counter()
     with batched_loras(unet, layout, subjects, config.scale, gen, config.shared_init) as wrapped:
-        params = [p for w in wrapped.values() for p in (w.down, w.up)]
+        for w in wrapped.values():
+            w.down.requires_grad_(config.train_down)
+        params = [p for w in wrapped.values() for p in (w.down, w.up) if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
         subject_index = torch.arange(subjects).repeat_interleave(config.samples_per_subject)
         bar = tqdm(

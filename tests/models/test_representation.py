@@ -1,0 +1,38 @@
+"""The ridge representation keeps the directions a condition predicts, not the loudest ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorasynth.errors import LorasynthError
+from lorasynth.models.representation import PcaRepresentation
+
+
+def _data(rows=2000, emb=4, dim=30, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    cond = torch.nn.functional.normalize(torch.randn(rows, emb, generator=gen), dim=-1)
+    predicted = cond @ torch.randn(emb, dim, generator=gen)  # rank `emb`, driven by cond
+    # Louder, condition-independent variance along a few other directions.
+    loud = torch.randn(rows, 3, generator=gen) @ torch.randn(3, dim, generator=gen) * 3
+    return cond, predicted + loud, predicted
+
+
+def test_ridge_basis_spans_what_the_condition_predicts_and_pca_does_not():
+    cond, z, predicted = _data()
+    ridge = PcaRepresentation.fit_predictable(z, cond, 4)
+    pca = PcaRepresentation.fit(z, 4)
+    assert torch.allclose(ridge.components @ ridge.components.T, torch.eye(4), atol=1e-5)
+
+    def kept(rep):  # share of the predictable part's variance inside the basis
+        centred = predicted - predicted.mean(0)
+        return float(((centred @ rep.components.T) ** 2).sum() / (centred**2).sum())
+
+    assert kept(ridge) > 0.9 and kept(pca) < 0.7
+    torch.testing.assert_close(ridge.decode(ridge.encode(z)).mean(0), z.mean(0))
+
+
+def test_ridge_dimension_is_bounded_by_the_embedding():
+    cond, z, _ = _data(emb=4)
+    with pytest.raises(LorasynthError, match="ridge dimension 5"):
+        PcaRepresentation.fit_predictable(z, cond, 5)
