@@ -57,7 +57,7 @@ def test_nearest_returns_the_bank_lora_of_the_closest_subject(world):
 
 def test_every_method_writes_a_loadable_file(world, tmp_path):
     synth, photos, _, _ = world
-    for method in ("diffusion", "nearest", "lincomb"):
+    for method in ("diffusion", "nearest", "lincomb", "ridge"):
         out = tmp_path / f"{method}.safetensors"
         result = synth.synthesize([photos[3, 0]], method=method, seed=1, out=out, fmt="kohya")
         lora = read_lora(out, layout=LAYOUT)
@@ -185,3 +185,37 @@ def test_lincomb_keeps_the_neighbours_distance_from_the_mean(world):
     top = (synth.bank_embeddings @ cond[0]).topk(min(synth.lincomb_k, len(synth.bank))).indices
     norms = (synth.vectors[top] - mean).norm(dim=1)
     assert norms.min() - 1e-4 <= (v - mean).norm() <= norms.max() + 1e-4
+
+
+def test_ridge_points_toward_the_subject_at_its_strength(world):
+    from lorasynth.synthesis import RIDGE_STRENGTH
+
+    synth, photos, vectors, _ = world
+    cond = synth.embed(list(photos[11]))[None]
+    v = synth.vectors_for(cond, "ridge")[0]
+    mean = synth.normaliser.mean
+    toward = torch.nn.functional.cosine_similarity(v - mean, vectors[11] - mean, dim=0)
+    assert toward > 0.5, toward
+    rms = synth.normaliser.std.double().norm()
+    torch.testing.assert_close((v - mean).norm().double(), RIDGE_STRENGTH * rms, rtol=1e-4, atol=0)
+
+
+def test_a_prior_files_strength_sets_its_loras_deviation(world, tmp_path):
+    from lorasynth.models.store import save_half_model_copy
+    from lorasynth.synthesis import STRENGTH_KEY, Prior
+
+    synth, photos, _, root = world
+    shipped = tmp_path / "prior.safetensors"
+    save_half_model_copy(root / "prior" / "prior.safetensors", shipped, {STRENGTH_KEY: "0.5"})
+    vae = root / "vae" / "lora-vae.safetensors"
+    prior = Prior.load(shipped, synth.bank, synth.normaliser, synth.embedder.embedder_id, vae)
+    assert prior.strength == 0.5 and synth.prior.strength is None
+    cond = synth.embed([photos[2, 0]])[None]
+    saved, synth.prior = synth.prior, prior
+    try:
+        v = synth.vectors_for(cond, "diffusion", seed=3)[0]
+    finally:
+        synth.prior = saved
+    rms = synth.normaliser.std.double().norm()
+    deviation = (v - synth.normaliser.mean).norm().double()
+    torch.testing.assert_close(deviation, 0.5 * rms, rtol=1e-4, atol=0)

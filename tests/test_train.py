@@ -123,6 +123,9 @@ def test_resume_gives_the_same_run(tmp_path):
     assert _losses(tmp_path / "b") == pytest.approx(_losses(tmp_path / "a"), rel=1e-5)
     with pytest.raises(LorasynthError, match="another config"):
         train_prior(bank, cond, tmp_path / "b", replace(cfg, lr=1.0), progress=False)
+    # Another shape too: refused by config, before any weights are restored.
+    with pytest.raises(LorasynthError, match="another config"):
+        train_prior(bank, cond, tmp_path / "b", replace(cfg, width=32), progress=False)
 
     # A checkpoint from before a config field existed resumes when the field is at its default.
     from lorasynth.lora.safetensors_io import load_tensors, save_tensors

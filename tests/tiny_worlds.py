@@ -51,6 +51,7 @@ TINY_PRODUCTS = wb.WorldConfig(
             width=16, depth=1, adalora_rank=2, cond_embed_dim=8, steps=2, batch_size=4
         ),
         priors={"adalora-v": {}},
+        calibration_subjects=2,
     ),
     # One of each kind: raw vectors, a 2-wide latent, the first 2 of the 3 subjects.
     ablations=AblationConfig(representations=("raw",), latent_sizes=(2,), bank_sizes=(2, 5)),

@@ -5,6 +5,8 @@ Methods (one interface):
 - nearest:   the bank LoRA whose subject embedding is closest to the photo's;
 - lincomb:   a ridge-weighted linear combination of the k nearest bank LoRAs (weights2weights
              style: the bank mean plus weighted deviations), weights fitted in embedding space;
+- ridge:     a linear map from embedding to (sign-aligned) LoRA, fitted on the whole bank by
+             ridge regression: the strongest zero-shot baseline on the v1 faces bank;
 - optimize:  latent optimisation against the photo through the UNet (see optimize.py; seconds);
 - trained:   an ordinary DreamBooth-style LoRA training run on the photo(s): the slow upper bound.
 Models are loaded once (`Synthesizer.load`); each call then costs milliseconds.
@@ -28,13 +30,20 @@ from lorasynth.errors import LorasynthError
 from lorasynth.faces.embedders import MiniFaceEmbedder, as_face_embedder, load_face_embedder
 from lorasynth.faces.photos import Photo, load_photo
 from lorasynth.lora import LoraFile, unflatten, write_lora
+from lorasynth.lora.safetensors_io import read_header
 from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
 from lorasynth.models.representation import PcaRepresentation, Representation, VaeRepresentation
 from lorasynth.models.sampling import sample
 from lorasynth.models.store import load_prior, load_vae
 
-METHODS = ("diffusion", "nearest", "lincomb", "optimize", "trained")
+METHODS = ("diffusion", "nearest", "lincomb", "ridge", "optimize", "trained")
 LINCOMB_TEMPERATURE = 0.05  # softmax temperature over cosine similarities (lincomb's norm)
+RIDGE_PENALTY = 1e-2  # on the Gram matrix of centred unit embeddings
+# A linear map's held-out predictions shrink toward the bank mean (ID sim 0.33 as predicted on
+# v1 faces), and identity needs a LoRA's full deviation, though not more (see README,
+# "Strength"): its deviation is set to this fraction of the bank's RMS deviation.
+RIDGE_STRENGTH = 0.7
+STRENGTH_KEY = "strength"  # a prior file's metadata: its calibrated strength, if any
 
 
 @dataclass
@@ -58,6 +67,16 @@ class SynthesisResult:
         }
 
 
+def with_strength(vectors: torch.Tensor, normaliser: Normaliser, strength: float) -> torch.Tensor:
+    """Vectors (B, D) whose deviation from the bank's mean LoRA is `strength` times the bank's
+    RMS deviation (direction kept): a LoRA's identity grows with its deviation, and LoRAs that a
+    model predicts for unseen subjects come out short of it."""
+    mean = normaliser.mean.to(vectors)
+    deviation = vectors - mean
+    target = strength * float(normaliser.std.double().norm())
+    return mean + deviation * (target / deviation.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
 @dataclass
 class Prior:
     model: torch.nn.Module
@@ -65,6 +84,8 @@ class Prior:
     latent_mean: torch.Tensor
     latent_std: torch.Tensor
     name: str
+    # Deviation of its LoRAs as a fraction of the bank's (with_strength); None: as sampled.
+    strength: float | None = None
 
     @classmethod
     def load(
@@ -94,7 +115,15 @@ class Prior:
         else:
             rep = Representation(bank.dim)
         provenance.check(path, representation=rep.id)
-        return cls(model, rep, extra["latent_mean"], extra["latent_std"], f"{path.stem}:{digest}")
+        strength = read_header(path)[0].get("__metadata__", {}).get(STRENGTH_KEY)
+        return cls(
+            model,
+            rep,
+            extra["latent_mean"],
+            extra["latent_std"],
+            f"{path.stem}:{digest}",
+            float(strength) if strength else None,
+        )
 
     @torch.no_grad()
     def sample_normalised(
@@ -141,6 +170,7 @@ class Synthesizer:
         self.lincomb_k = lincomb_k
         self.lincomb_ridge = lincomb_ridge
         self._vectors: torch.Tensor | None = None
+        self._ridge: tuple[torch.Tensor, torch.Tensor] | None = None
         self.pipe = None  # the base pipeline, needed only by `optimize` (loaded on first use)
         self.base: str | os.PathLike[str] = "mini"  # what `pipe` is loaded from
         self.optimize_steps = 60
@@ -221,11 +251,20 @@ class Synthesizer:
                 raise LorasynthError(
                     "no prior loaded: train one (`lorasynth train prior`) or pick --method nearest|lincomb"
                 )
-            return self.normaliser.decode(self.prior.sample_normalised(cond, steps, guidance, seed))
+            vectors = self.normaliser.decode(
+                self.prior.sample_normalised(cond, steps, guidance, seed)
+            )
+            if self.prior.strength is not None:
+                vectors = with_strength(vectors, self.normaliser, self.prior.strength)
+            return vectors
         if method == "nearest":
             return self.vectors[(cond @ self.bank_embeddings.T).argmax(dim=1)]
         if method == "lincomb":
             return torch.stack([self._lincomb(c) for c in cond])
+        if method == "ridge":
+            centre, weights = self._ridge_map()
+            vectors = self.normaliser.mean + (cond.float() - centre) @ weights
+            return with_strength(vectors, self.normaliser, RIDGE_STRENGTH)
         raise LorasynthError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
     def optimize(
@@ -272,6 +311,24 @@ class Synthesizer:
 
             self.pipe = load_base(self.base)
         return self.pipe
+
+    def _ridge_map(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding centre (E,), weights (E, D)): ridge regression of the bank's sign-aligned
+        vectors on its subjects' embeddings, fitted on first use in one pass over the bank."""
+        if self._ridge is None:
+            emb = self.bank_embeddings.double()
+            centre = emb.mean(0)
+            centred = emb - centre
+            gram = centred.T @ centred + RIDGE_PENALTY * torch.eye(len(centre), dtype=emb.dtype)
+            cross = torch.zeros(len(centre), self.bank.dim, dtype=torch.float32)
+            start = 0
+            for batch in self.bank.iter_batches(1024):
+                rows = centred[start : start + len(batch)].float()
+                cross += rows.T @ (self.normaliser.align(batch) - self.normaliser.mean)
+                start += len(batch)
+            weights = torch.linalg.solve(gram, cross.double()).float()
+            self._ridge = (centre.float(), weights)
+        return self._ridge
 
     def _lincomb(self, cond: torch.Tensor) -> torch.Tensor:
         k = min(self.lincomb_k, len(self.bank))

@@ -131,14 +131,14 @@ def _bank_and_normaliser(bank_path: Path) -> tuple[Bank, Normaliser]:
 def _resume(run: _Run, resume: bool, modules: dict, optimizers: dict) -> int:
     state_path = run.out / STATE_FILE
     if resume and state_path.is_file():
-        state = load_training_state(state_path, modules=modules, optimizers=optimizers)
+        # Compare configs before restoring weights, whose shapes may differ.
         # A field added since the checkpoint was written reads as its default.
-        saved = {**asdict(type(run.config)()), **state["config"]}
+        saved = {**asdict(type(run.config)()), **load_training_state(state_path)["config"]}
         if saved != asdict(run.config):
             raise LorasynthError(
                 f"{state_path}: was trained with another config; use a new --out or --no-resume"
             )
-        return state["step"]
+        return load_training_state(state_path, modules=modules, optimizers=optimizers)["step"]
     if run.is_main:
         (run.out / "log.jsonl").unlink(missing_ok=True)
     return 0

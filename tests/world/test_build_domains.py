@@ -14,7 +14,9 @@ from lorasynth.errors import LorasynthError
 from lorasynth.faces.mini import EmbedderConfig
 from lorasynth.lora.safetensors_io import load_tensors
 from lorasynth.models.store import load_prior
+from lorasynth.synthesis import STRENGTH_KEY
 from lorasynth.world import build as wb
+from lorasynth.world.calibrate import STRENGTHS
 from tests.tiny_worlds import TINY_PRODUCTS, tiny_style_embedders, use_world
 
 
@@ -64,6 +66,15 @@ def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
     assert manifest["stages"]["conditions"]["measured"]["embedder"] == "mini-style"
     _, prov, _, _ = load_prior(root / "synthesis" / "prior.safetensors")
     assert prov.domain == "products" and prov.embedder_id == table.embedder_id
+    # The prior's strength, chosen on 2 validation subjects, travels in its metadata.
+    calibration = manifest["stages"]["synthesis"]["measured"]["calibration"]["adalora-v"]
+    assert calibration["subjects"] == 2 and set(calibration["scores"]) == {
+        "as sampled",
+        *(str(s) for s in STRENGTHS),
+    }
+    chosen = load_tensors(root / "synthesis" / "prior.safetensors")[1].get(STRENGTH_KEY)
+    expected = calibration["chosen"]
+    assert chosen == (None if expected is None else str(expected))
     vae_meta = load_tensors(root / "synthesis" / "lora-vae.safetensors")[1]
     assert vae_meta["lorasynth.domain"] == "products"
     assert vae_meta["stored_dtype"] == "float16"  # shipped at half the bytes

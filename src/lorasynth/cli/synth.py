@@ -22,6 +22,7 @@ class Method(StrEnum):
     diffusion = "diffusion"
     nearest = "nearest"
     lincomb = "lincomb"
+    ridge = "ridge"
     optimize = "optimize"
     trained = "trained"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-GRID_METHODS = ("base", "nearest", "lincomb", "diffusion", "trained")
+GRID_METHODS = ("base", "nearest", "ridge", "diffusion", "trained")
 COLUMNS = (
     ("id_sim_mean", "ID sim", "{:.3f}"),
     ("normalised_fidelity", "norm. fidelity", "{:.2f}"),
@@ -30,7 +30,7 @@ def _cell(row: dict, key: str, fmt: str) -> str:
     return f"{text} ± {ci:.3f}" if ci else text
 
 
-ROW_ORDER = ("base", "nearest", "lincomb", "optimize", "diffusion")
+ROW_ORDER = ("base", "nearest", "lincomb", "ridge", "optimize", "diffusion")
 
 
 def _row_rank(name: str) -> tuple:

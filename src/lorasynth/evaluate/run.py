@@ -58,7 +58,7 @@ PROMPT_NUISANCES = {
     "faces": ("", "blue background", "smiling, red background, wearing glasses"),
     "products": ("", "blue background", "tilted left, on a table, red background"),
 }
-SYNTH_METHODS = ("nearest", "lincomb", "diffusion", "optimize")
+SYNTH_METHODS = ("nearest", "lincomb", "ridge", "diffusion", "optimize")
 # What evaluate reads from a domain's asset folder, in build order: (file, `world build` stages).
 REQUIRED_FILES = (
     ("embedders/{conditioner}.safetensors", ("embedders",)),
@@ -105,7 +105,15 @@ def attribute_error(
 @dataclass(frozen=True)
 class EvalConfig:
     identities: int = 200
-    methods: tuple[str, ...] = ("base", "nearest", "lincomb", "optimize", "diffusion", "trained")
+    methods: tuple[str, ...] = (
+        "base",
+        "nearest",
+        "lincomb",
+        "ridge",
+        "optimize",
+        "diffusion",
+        "trained",
+    )
     prompts: tuple[str, ...] = ()  # empty: the domain's (domain_prompts)
     multi_photos: int = 4  # the second conditioning setting; 0 skips it
     references: int = 8

@@ -149,15 +149,17 @@ def save_half_copy(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     keys: Callable[[str], bool] = lambda key: True,
+    metadata: dict[str, str] | None = None,
 ) -> int:
     """Copy a safetensors file with its float32 tensors (those `keys` selects) stored as float16.
 
     Shipped weights are stored at half the bytes; loaders upcast to float32, since CPU
     inference wants float32. Metadata is kept (plus stored_dtype=float16), so hashes that name
-    the trained model (weights_hash) still name it. Returns the bytes written."""
-    tensors, metadata = load_tensors(src)
+    the trained model (weights_hash) still name it; `metadata` adds keys. Returns the bytes
+    written."""
+    tensors, source_metadata = load_tensors(src)
     halved = {
         key: t.half() if t.dtype == torch.float32 and keys(key) else t for key, t in tensors.items()
     }
-    save_tensors(dst, halved, {**metadata, STORED_DTYPE_KEY: "float16"})
+    save_tensors(dst, halved, {**source_metadata, **(metadata or {}), STORED_DTYPE_KEY: "float16"})
     return Path(dst).stat().st_size

@@ -55,12 +55,19 @@ class Provenance:
                 )
 
 
-def save_half_model_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+def save_half_model_copy(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    metadata: dict[str, str] | None = None,
+) -> None:
     """The shipped copy of a model file: its weights (model.*) and a PCA/ridge basis (already
     float16-exact, see train_prior) as float16, latent statistics kept float32; `_load`
     upcasts. The weights_hash still names the model."""
     save_half_copy(
-        src, dst, keys=lambda key: key.startswith("model.") or key == "extra.pca_components"
+        src,
+        dst,
+        keys=lambda key: key.startswith("model.") or key == "extra.pca_components",
+        metadata=metadata,
     )
 
 

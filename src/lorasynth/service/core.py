@@ -43,7 +43,12 @@ from lorasynth.service.storage import BlobStore
 
 log = logging.getLogger("lorasynth.service")
 
-SERVICE_METHODS = ("diffusion", "nearest", "lincomb")  # optimize needs the photos themselves
+SERVICE_METHODS = (
+    "diffusion",
+    "nearest",
+    "lincomb",
+    "ridge",
+)  # optimize needs the photos themselves
 Clock = Callable[[], datetime]
 
 

@@ -59,13 +59,25 @@ class WorldConfig:
     synthesis: SynthesisBuildConfig = field(
         default_factory=lambda: SynthesisBuildConfig(
             # 32,544 inputs: hidden 128 keeps the VAE at 17 MB in float16 (hidden 512: 67 MB).
+            # No shipped prior uses it (the representation ablation does): see below.
             vae=VAETrainConfig(latent_dim=64, hidden=128, depth=2, steps=6000, batch_size=128),
+            # The priors diffuse over the 128 directions a face embedding predicts (ridge), not
+            # VAE latents: on this bank the VAE does not generalise (held-out LoRAs decoded
+            # through it: ID sim 0.026), and the v1 VAE prior scored 0.038 (README, "v2").
             prior=PriorTrainConfig(
-                width=256, depth=4, adalora_rank=4, cond_embed_dim=128, steps=4000, batch_size=256
+                representation="ridge",
+                pca_dim=128,
+                width=256,
+                depth=4,
+                adalora_rank=4,
+                cond_embed_dim=128,
+                steps=4000,
+                batch_size=256,
             ),
             # The shipped pair (issue 6: at least AdaNorm and AdaLoRA); the eps/x0 targets are
             # ablations (world build --stage ablations), not shipped, for the byte budget.
             priors={"adalora-v": {}, "adanorm-v": {"conditioning": "adanorm"}},
+            calibration_subjects=48,
         )
     )
     domain: str = "faces"  # lorasynth.domains: whose subjects, which folder
@@ -220,6 +232,12 @@ def _bank_split(
             "loss_first_mean": sum(x["loss_first"] for x in logs) / len(logs) if logs else None,
             "loss_last_mean": sum(x["loss_last"] for x in logs) / len(logs) if logs else None,
         }
+        if not logs:
+            # A rerun after build/ is gone (e.g. to refit the normaliser): nothing was trained
+            # now, so keep the numbers the training run recorded.
+            before = load_manifest(domain.root())["stages"].get(bank_name, {}).get("measured", {})
+            for key in ("train_seconds_per_lora", "loss_first_mean", "loss_last_mean"):
+                measured[key] = before.get(key)
         if split == "heldout" and world.acceptance_identities:
             from lorasynth.world.acceptance import bank_acceptance
 
@@ -304,11 +322,14 @@ def _stage_synthesis(world: WorldConfig, resume: bool, progress: bool) -> dict:
 
     root = _domain(world).root()
     made = build_synthesis_models(world.synthesis, resume, progress, domain=world.domain)
+    calibration = made.pop("calibration", None)
     files = sorted(p for p in (root / "synthesis").rglob("*.safetensors"))
     # The manifest travels with the repo: name the files relative to the mini-world folder.
     relative = {name: Path(path).relative_to(root).as_posix() for name, path in made.items()}
     # The config says what was trained (e.g. prior steps), which the command alone does not.
     measured = {"files": relative, "config": asdict(world.synthesis)}
+    if calibration:
+        measured["calibration"] = calibration
     record_stage("synthesis", files, _how(world, "synthesis"), measured, root=root)
     return made
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from lorasynth.bank import Bank
 from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
 from lorasynth.domains import check_same_domain, get_domain, load_mini_embedder
 from lorasynth.errors import LorasynthError
+from lorasynth.lora.safetensors_io import save_half_copy
 from lorasynth.models.store import save_half_model_copy
+from lorasynth.synthesis import STRENGTH_KEY
 from lorasynth.train import PRIOR_FILE, PriorTrainConfig, VAETrainConfig, train_prior, train_vae
 
 DEFAULT_PRIOR = "adalora-v"
@@ -42,6 +45,9 @@ class SynthesisBuildConfig:
             width=256, depth=4, adalora_rank=4, cond_embed_dim=128, steps=20000, batch_size=256
         )
     )
+    # Choose each prior's strength on this many validation subjects (world.calibrate) and ship
+    # it in the prior's metadata; 0: no calibration, LoRAs as sampled.
+    calibration_subjects: int = 0
     # name -> overrides of `prior`; the first is the shipped default (synthesis/prior.safetensors).
     priors: dict[str, dict] = field(
         default_factory=lambda: {
@@ -88,30 +94,65 @@ def build_conditions(
     return table.save(bank.path / CONDITIONS_FILE)
 
 
-def _ship(trained: Path, target: Path, half: bool) -> None:
+def _ship(trained: Path, target: Path, half: bool, metadata: dict[str, str] | None = None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if half:
-        save_half_model_copy(trained, target)
+        save_half_model_copy(trained, target, metadata)
+    elif metadata:
+        save_half_copy(trained, target, keys=lambda key: False, metadata=metadata)
     else:
         write_bytes_atomic(target, trained.read_bytes())
+
+
+def _calibration(
+    trained: Path, vae: Path, run: Path, domain: str, subjects: int, progress: bool
+) -> dict:
+    """The prior's strength calibration (world.calibrate), cached in its run folder per
+    weights hash, so a resumed build does not score again."""
+    from lorasynth.atomic import write_json_atomic
+    from lorasynth.synthesis import Prior, Synthesizer
+    from lorasynth.world.calibrate import calibrate_strength, validation_seeds
+    from lorasynth.world.pipeline_io import load_pipeline
+
+    dom = get_domain(domain)
+    synth = Synthesizer.load(bank=dom.root() / "bank")  # no shipped prior: it may be stale
+    prior = Prior.load(trained, synth.bank, synth.normaliser, synth.embedder.embedder_id, vae)
+    cache = run / "calibration.json"
+    if cache.is_file():
+        record = json.loads(cache.read_text())
+        if record.get("prior") == prior.name and record.get("subjects") == subjects:
+            return record
+    if progress:
+        print(f"calibrating the strength of {prior.name}", flush=True)
+    pipe = load_pipeline(dom.root() / "pipeline")
+    seeds = validation_seeds(subjects)
+    record = {"prior": prior.name, **calibrate_strength(synth, prior, pipe, seeds, domain=domain)}
+    write_json_atomic(cache, record)
+    return record
 
 
 def build_synthesis_models(
     config: SynthesisBuildConfig, resume: bool = True, progress: bool = True, domain: str = "faces"
 ) -> dict:
-    """Train the LoRA VAE and every prior variant on the domain's bank; returns where each
-    landed (assets/mini-world[/<domain>]/synthesis/)."""
+    """Train every prior variant (and the LoRA VAE if one of them decodes through it) on the
+    domain's bank; returns where each landed (assets/mini-world[/<domain>]/synthesis/)."""
     dom = get_domain(domain)
     bank = dom.root() / "bank"
     out = dom.root() / "synthesis"
     runs = dom.build_root() / "synthesis"
-    vae_path = train_vae(bank, runs / "vae", config.vae, resume=resume, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     shipped_vae = out / "lora-vae.safetensors"
-    _ship(vae_path, shipped_vae, config.half_precision)
-    made = {"vae": str(shipped_vae)}
-    for k, (name, overrides) in enumerate(config.priors.items()):
-        prior_config = replace(config.prior, **overrides)
+    configs = {name: replace(config.prior, **o) for name, o in config.priors.items()}
+    made: dict = {}
+    calibrations = {}
+    if any(c.representation == "vae" for c in configs.values()):
+        vae_path = train_vae(bank, runs / "vae", config.vae, resume=resume, progress=progress)
+        _ship(vae_path, shipped_vae, config.half_precision)
+        made["vae"] = str(shipped_vae)
+    else:
+        # No shipped prior decodes through a VAE: a stale one would only cost bytes.
+        shipped_vae.unlink(missing_ok=True)
+    for k, (name, prior_config) in enumerate(configs.items()):
         trained = train_prior(
             bank,
             bank / CONDITIONS_FILE,
@@ -122,6 +163,15 @@ def build_synthesis_models(
             progress=progress,
         )
         target = out / (PRIOR_FILE if k == 0 else f"priors/prior-{name}.safetensors")
-        _ship(trained, target, config.half_precision)
+        metadata = None
+        if config.calibration_subjects:
+            calibrations[name] = _calibration(
+                trained, shipped_vae, runs / name, domain, config.calibration_subjects, progress
+            )
+            chosen = calibrations[name]["chosen"]
+            metadata = {STRENGTH_KEY: str(chosen)} if chosen is not None else None
+        _ship(trained, target, config.half_precision, metadata)
         made[name] = str(target)
+    if calibrations:
+        made["calibration"] = calibrations
     return made
