@@ -13,7 +13,7 @@ from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
 from lorasynth.bank.conditions import ConditionTable
 from lorasynth.errors import LorasynthError
 from lorasynth.lora import LoraLayout
-from lorasynth.models.representation import PcaRepresentation
+from lorasynth.models.representation import PcaRepresentation, RidgeRepresentation
 from lorasynth.models.store import load_prior, load_vae, save_half_model_copy
 from lorasynth.train import PriorTrainConfig, VAETrainConfig, train_prior, train_vae
 
@@ -96,15 +96,15 @@ def test_prior_over_pca_ridge_or_raw(tmp_path, representation):
     bank, cond = make_synthetic_bank(tmp_path)
     cfg = replace(PRIOR_CFG, representation=representation, pca_dim=6, steps=10)
     _, prov, extra, _ = load_prior(train_prior(bank, cond, tmp_path / "p", cfg, progress=False))
-    # A ridge basis is stored and decoded exactly like a PCA basis.
-    kind = "pca" if representation == "ridge" else representation
-    assert prov.representation.split(":")[0] == kind
-    assert ("pca_components" in extra) == (kind == "pca")
-    if kind == "pca":  # the shipped float16 copy keeps the basis exactly (its id still holds)
+    assert prov.representation.split(":")[0] == representation
+    # A ridge basis is stored (and decoded) like a PCA basis.
+    assert ("pca_components" in extra) == (representation != "raw")
+    if representation != "raw":  # the shipped float16 copy keeps the basis exactly (id holds)
         half = tmp_path / "half.safetensors"
         save_half_model_copy(tmp_path / "p" / "prior.safetensors", half)
         _, _, half_extra, _ = load_prior(half)
-        basis = PcaRepresentation(half_extra["pca_mean"], half_extra["pca_components"])
+        kind = PcaRepresentation if representation == "pca" else RidgeRepresentation
+        basis = kind(half_extra["pca_mean"], half_extra["pca_components"])
         assert basis.id == prov.representation
         assert half.stat().st_size < (tmp_path / "p" / "prior.safetensors").stat().st_size
 

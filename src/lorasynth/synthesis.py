@@ -32,7 +32,12 @@ from lorasynth.faces.photos import Photo, load_photo
 from lorasynth.lora import LoraFile, unflatten, write_lora
 from lorasynth.lora.safetensors_io import read_header
 from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
-from lorasynth.models.representation import PcaRepresentation, Representation, VaeRepresentation
+from lorasynth.models.representation import (
+    PcaRepresentation,
+    Representation,
+    RidgeRepresentation,
+    VaeRepresentation,
+)
 from lorasynth.models.sampling import sample
 from lorasynth.models.store import load_prior, load_vae
 
@@ -110,8 +115,9 @@ class Prior:
                 vae_path, layout_hash=bank.layout_hash, normaliser_hash=normaliser.hash
             )
             rep: Representation = VaeRepresentation(vae, vae_digest)
-        elif kind == "pca":
-            rep = PcaRepresentation(extra["pca_mean"], extra["pca_components"])
+        elif kind in ("pca", "ridge"):
+            basis = PcaRepresentation if kind == "pca" else RidgeRepresentation
+            rep = basis(extra["pca_mean"], extra["pca_components"])
         else:
             rep = Representation(bank.dim)
         provenance.check(path, representation=rep.id)

@@ -28,6 +28,7 @@ from lorasynth.models.diffusion import check_target, diffusion_loss, draw_times
 from lorasynth.models.representation import (
     PcaRepresentation,
     Representation,
+    RidgeRepresentation,
     VaeRepresentation,
     check_representation,
 )
@@ -238,12 +239,12 @@ def _representation(
         sample = norm.encode(bank.vectors(0, rows))
         if config.representation == "ridge":
             cond = table.mean_embeddings()[table.index_for(bank.ids[:rows])]
-            rep = PcaRepresentation.fit_predictable(sample, cond, config.pca_dim)
+            rep = RidgeRepresentation.fit_predictable(sample, cond, config.pca_dim)
         else:
             rep = PcaRepresentation.fit(sample, config.pca_dim, config.seed)
         # A float16-exact basis ships at half the bytes without changing the model's identity
         # (its id hashes the basis); it is ~D x k values, the largest part of such a prior.
-        return PcaRepresentation(rep.mean, rep.components.half().float())
+        return type(rep)(rep.mean, rep.components.half().float())
     if vae_path is None:
         raise LorasynthError("representation 'vae' needs --vae (a lora-vae.safetensors)")
     vae, provenance, digest = load_vae(vae_path)
@@ -385,7 +386,7 @@ def _on_device(rep: Representation, device: torch.device) -> Representation:
     if isinstance(rep, VaeRepresentation):
         rep.vae.to(device)
     elif isinstance(rep, PcaRepresentation):
-        rep = PcaRepresentation(rep.mean.to(device), rep.components.to(device))
+        rep = type(rep)(rep.mean.to(device), rep.components.to(device))
     return rep
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lorasynth.errors import LorasynthError
-from lorasynth.models.representation import PcaRepresentation
+from lorasynth.models.representation import PcaRepresentation, RidgeRepresentation
 
 
 def _data(rows=2000, emb=4, dim=30, seed=0):
@@ -20,9 +20,10 @@ def _data(rows=2000, emb=4, dim=30, seed=0):
 
 def test_ridge_basis_spans_what_the_condition_predicts_and_pca_does_not():
     cond, z, predicted = _data()
-    ridge = PcaRepresentation.fit_predictable(z, cond, 4)
+    ridge = RidgeRepresentation.fit_predictable(z, cond, 4)
     pca = PcaRepresentation.fit(z, 4)
     assert torch.allclose(ridge.components @ ridge.components.T, torch.eye(4), atol=1e-5)
+    assert ridge.id.startswith("ridge:") and pca.id.startswith("pca:")
 
     def kept(rep):  # share of the predictable part's variance inside the basis
         centred = predicted - predicted.mean(0)
@@ -35,4 +36,4 @@ def test_ridge_basis_spans_what_the_condition_predicts_and_pca_does_not():
 def test_ridge_dimension_is_bounded_by_the_embedding():
     cond, z, _ = _data(emb=4)
     with pytest.raises(LorasynthError, match="ridge dimension 5"):
-        PcaRepresentation.fit_predictable(z, cond, 5)
+        RidgeRepresentation.fit_predictable(z, cond, 5)

@@ -638,7 +638,8 @@ def ablation_curves(rows: dict[str, dict], models: EvalModels) -> dict:
 
     prior = models.synth.prior
     latent = prior.representation.dim if prior is not None else 0
-    defaults = default_values(latent, len(models.synth.bank))
+    kind = prior.representation.kind if prior is not None else "vae"
+    defaults = default_values(kind, latent, len(models.synth.bank))
     curves: dict = {"not_built": []}
     for group in GROUPS:
         members = {

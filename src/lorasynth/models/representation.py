@@ -70,7 +70,7 @@ class PcaRepresentation(Representation):
 
     @property
     def id(self) -> str:
-        return f"pca:{weights_hash({'mean': self.mean, 'components': self.components})}"
+        return f"{self.kind}:{weights_hash({'mean': self.mean, 'components': self.components})}"
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.mean) @ self.components.T
@@ -93,14 +93,19 @@ class PcaRepresentation(Representation):
         _, _, v = torch.pca_lowrank(z - mean, q=min(k + 10, min(z.shape)), center=False, niter=4)
         return cls(mean, v[:, :k].T.contiguous())
 
+
+class RidgeRepresentation(PcaRepresentation):
+    """A basis like PCA's (mean and orthonormal rows), fitted to what the condition predicts."""
+
+    kind = "ridge"
+
     @classmethod
     def fit_predictable(
         cls, z: torch.Tensor, cond: torch.Tensor, k: int, ridge: float = 1e-2
-    ) -> PcaRepresentation:
+    ) -> RidgeRepresentation:
         """The k principal directions of a ridge regression of z (N, D) on cond (N, E).
 
-        Stored and decoded like PCA (a mean and orthonormal rows), so a prior on this basis
-        loads as a PCA prior. k is at most min(N, E): the fit's rank."""
+        k is at most min(N, E): the fit's rank."""
         if k > min(cond.shape):
             raise LorasynthError(
                 f"ridge dimension {k} exceeds the fit's rank min(rows, embedding) = {min(cond.shape)}"

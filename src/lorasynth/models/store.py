@@ -35,7 +35,7 @@ class Provenance:
     layout_hash: str
     normaliser_hash: str
     embedder_id: str = ""  # priors only
-    representation: str = ""  # priors only: "vae:<hash>", "pca:<hash>" or "raw"
+    representation: str = ""  # priors only: "vae:<hash>", "pca:<hash>", "ridge:<hash>" or "raw"
     domain: str = "faces"  # subject domain of the bank (files from before domains: faces)
 
     def check(self, path: Path, **expected: str | None) -> None:
@@ -43,7 +43,7 @@ class Provenance:
             "layout_hash": "layout",
             "normaliser_hash": "normaliser (bank)",
             "embedder_id": "embedder",
-            "representation": "representation (VAE/PCA)",
+            "representation": "representation (VAE/PCA/ridge)",
             "domain": "domain",
         }
         for field, want in expected.items():

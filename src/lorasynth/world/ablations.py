@@ -1,9 +1,11 @@
 """The evaluation's ablation models, built once by `world build --stage ablations`.
 
 Each ablation is the default prior (AdaLoRA, v target) with one thing changed:
-- representation: the prior over PCA coefficients or over the raw normalised vectors, not the
-  VAE latent (`diffusion-pca`, `diffusion-raw`);
-- latent size: a LoRA VAE with another latent width and a prior over it (`diffusion-latent32`);
+- representation: the prior over another representation than the default's (VAE latents, PCA
+  or ridge coefficients, raw normalised vectors: `diffusion-vae`, `diffusion-pca`, ...); a VAE
+  one trains its own LoRA VAE (the world's VAE config);
+- latent size: the default representation at another width (`diffusion-latent32`): a LoRA VAE
+  with another latent width and a prior over it, or another PCA/ridge dimension;
 - bank size: the prior trained on the bank's first N subjects only (`diffusion-bank500`).
 
 They are not shipped (the budget holds the default and the AdaNorm/target variants); they land
@@ -32,8 +34,8 @@ GROUPS = ("representation", "latent_size", "bank_size")
 
 @dataclass(frozen=True)
 class AblationConfig:
-    representations: tuple[str, ...] = ("pca", "raw")
-    latent_sizes: tuple[int, ...] = (32, 128)
+    representations: tuple[str, ...] = ("vae", "pca", "raw")  # the default's own is skipped
+    latent_sizes: tuple[int, ...] = (32, 64)
     bank_sizes: tuple[int, ...] = (250, 500, 1000)  # those below the bank's size are built
 
 
@@ -52,13 +54,26 @@ class Ablation:
         return f"diffusion-{self.name}"
 
 
-def ablations_for(config: AblationConfig, bank_size: int) -> list[Ablation]:
+def ablations_for(
+    config: AblationConfig, bank_size: int, prior: PriorTrainConfig | None = None
+) -> list[Ablation]:
+    """The ablations of `prior` (the default prior's config; default: PriorTrainConfig())."""
+    default = (prior or PriorTrainConfig()).representation
     out = [
-        Ablation(rep, "representation", rep, prior={"representation": rep})
+        Ablation(
+            rep,
+            "representation",
+            rep,
+            prior={"representation": rep},
+            vae={} if rep == "vae" else None,
+        )
         for rep in config.representations
+        if rep != default
     ]
     out += [
         Ablation(f"latent{size}", "latent_size", str(size), vae={"latent_dim": size})
+        if default == "vae"
+        else Ablation(f"latent{size}", "latent_size", str(size), prior={"pca_dim": size})
         for size in config.latent_sizes
     ]
     out += [
@@ -73,10 +88,10 @@ def ablations_root(domain: str | Domain) -> Path:
     return get_domain(domain).build_root() / ABLATIONS_DIR
 
 
-def default_values(latent_dim: int, bank_size: int) -> dict[str, str]:
+def default_values(representation: str, latent_dim: int, bank_size: int) -> dict[str, str]:
     """The value each group takes in the shipped default prior (its row in every curve)."""
     return {
-        "representation": "vae",
+        "representation": representation,
         "latent_size": str(latent_dim),
         "bank_size": str(bank_size),
     }
@@ -98,11 +113,12 @@ def build_ablations(
     out = ablations_root(dom)
     shipped_vae = dom.root() / "synthesis" / "lora-vae.safetensors"
     made = {}
-    for ab in ablations_for(config, len(bank)):
+    for ab in ablations_for(config, len(bank), prior_config):
         began = time.perf_counter()
         target = out / ab.name
         target.mkdir(parents=True, exist_ok=True)
-        vae_path: Path | None = shipped_vae
+        prior = replace(prior_config, **ab.prior)
+        vae_path: Path | None = shipped_vae if prior.representation == "vae" else None
         if ab.vae is not None:
             trained_vae = train_vae(
                 bank_path,
@@ -113,9 +129,6 @@ def build_ablations(
             )
             vae_path = target / "lora-vae.safetensors"
             save_half_model_copy(trained_vae, vae_path)
-        elif ab.prior.get("representation", "vae") != "vae":
-            vae_path = None
-        prior = replace(prior_config, **ab.prior)
         trained = train_prior(
             bank_path,
             bank_path / CONDITIONS_FILE,
