@@ -11,7 +11,7 @@ metadata (STRENGTH_KEY), where `Prior.load` reads it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -39,10 +39,29 @@ def calibrate_strength(
     domain: str = "faces",
     images_per_subject: int = IMAGES_PER_SUBJECT,
 ) -> dict:
+    """strength_scores for `prior` (a synthesis.Prior on synth's bank), sampled at the default
+    steps and guidance."""
+
+    def sample(cond: torch.Tensor) -> torch.Tensor:
+        normalised = prior.sample_normalised(cond, PRIOR_STEPS, PRIOR_GUIDANCE, seed=0)
+        return synth.normaliser.decode(normalised)
+
+    return strength_scores(synth, sample, pipe, seeds, strengths, domain, images_per_subject)
+
+
+def strength_scores(
+    synth,
+    make: Callable[[torch.Tensor], torch.Tensor],
+    pipe,
+    seeds: Sequence[int],
+    strengths: Sequence[float] = STRENGTHS,
+    domain: str = "faces",
+    images_per_subject: int = IMAGES_PER_SUBJECT,
+) -> dict:
     """{"scores": {"as sampled"|str(strength): {"id_sim", "top1", ...}}, "chosen": float|None,
-    "norm_ratio": sampled deviation / the bank's RMS deviation} for `prior` (a synthesis.Prior
-    on synth's bank). The chosen strength maximises mean ID similarity ("as sampled" included:
-    None when nothing beats it)."""
+    "norm_ratio": made deviation / the bank's RMS deviation} of the vectors `make` returns for
+    condition embeddings (B, E), one photo per subject. The chosen strength maximises mean ID
+    similarity ("as sampled" included: None when nothing beats it)."""
     from lorasynth.evaluate.run import domain_prompts
     from lorasynth.synthesis import with_strength
     from lorasynth.world.acceptance import IdentityScorer
@@ -50,9 +69,7 @@ def calibrate_strength(
     dom = get_domain(domain)
     scorer = IdentityScorer(pipe, seeds, domain_prompts(domain), images_per_subject, domain)
     photos = [[im for im, _ in dom.render_identity(s, 1, dom.eval_condition_photos)] for s in seeds]
-    cond = torch.stack([synth.embed(p) for p in photos])
-    normalised = prior.sample_normalised(cond, PRIOR_STEPS, PRIOR_GUIDANCE, seed=0)
-    sampled = synth.normaliser.decode(normalised)
+    sampled = make(torch.stack([synth.embed(p) for p in photos]))
     layout = synth.layout
     rms = float(synth.normaliser.std.double().norm())
     ratio = float((sampled - synth.normaliser.mean).norm(dim=1).mean()) / rms
