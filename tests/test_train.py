@@ -209,3 +209,34 @@ def test_prior_on_the_first_subjects_only(tmp_path, monkeypatch):
     seen.clear()
     train_prior(bank, cond, tmp_path / "all", replace(config, subjects=0), progress=False)
     assert max(seen) >= 7  # 0: the whole bank (96 rows)
+
+
+def test_linear_skip_prior_models_the_residual_and_adds_the_map_back(tmp_path):
+    import dataclasses
+
+    from lorasynth.models.representation import LinearSkip
+    from lorasynth.synthesis import Prior
+
+    bank, cond = make_synthetic_bank(tmp_path)
+    cfg = replace(PRIOR_CFG, representation="pca", pca_dim=6, steps=10, linear_skip=True)
+    path = train_prior(bank, cond, tmp_path / "p", cfg, progress=False)
+    _, _, extra, _ = load_prior(path)
+    skip = LinearSkip.from_tensors(extra)
+    assert skip is not None and skip.weights.shape == (8, 6)
+    # The bank's vectors are a smooth function of the embedding: the map explains most of it.
+    store, table = Bank(bank), ConditionTable.load(cond)
+    norm = Normaliser.load(store.path / NORMALISER_FILE)
+    basis = PcaRepresentation(extra["pca_mean"], extra["pca_components"])
+    latents = basis.encode(norm.encode(store.vectors()))
+    predicted = skip(table.mean_embeddings()[table.index_for(store.ids)])
+    explained = 1 - ((latents - predicted) ** 2).sum() / ((latents - latents.mean(0)) ** 2).sum()
+    assert explained > 0.8, explained
+    # Residual statistics: smaller than the latents' own spread.
+    assert (extra["latent_std"] < latents.std(0)).all()
+
+    prior = Prior.load(path, store, norm, table.embedder_id, None)
+    assert prior.skip is not None
+    c = table.embeddings[:3, 0]
+    with_skip = prior.sample_normalised(c, 4, 1.0, seed=0)
+    without = dataclasses.replace(prior, skip=None).sample_normalised(c, 4, 1.0, seed=0)
+    torch.testing.assert_close(with_skip - without, skip(c) @ basis.components)

@@ -33,6 +33,7 @@ from lorasynth.lora import LoraFile, unflatten, write_lora
 from lorasynth.lora.safetensors_io import read_header
 from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
 from lorasynth.models.representation import (
+    LinearSkip,
     PcaRepresentation,
     Representation,
     RidgeRepresentation,
@@ -93,6 +94,7 @@ class Prior:
     name: str
     # Deviation of its LoRAs as a fraction of the bank's (with_strength); None: as sampled.
     strength: float | None = None
+    skip: LinearSkip | None = None  # a linear map from condition to latent, added when sampling
 
     @classmethod
     def load(
@@ -131,6 +133,7 @@ class Prior:
             extra["latent_std"],
             f"{path.stem}:{digest}",
             float(strength) if strength else None,
+            LinearSkip.from_tensors(extra),
         )
 
     @torch.no_grad()
@@ -148,7 +151,10 @@ class Prior:
             0.0,
             gen,
         )
-        return self.representation.decode(x * self.latent_std + self.latent_mean)
+        latent = x * self.latent_std + self.latent_mean
+        if self.skip is not None:
+            latent = latent + self.skip(cond)
+        return self.representation.decode(latent)
 
 
 class Synthesizer:

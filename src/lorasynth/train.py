@@ -26,6 +26,7 @@ from lorasynth.errors import LorasynthError
 from lorasynth.models.denoiser import Denoiser, DenoiserConfig
 from lorasynth.models.diffusion import check_target, diffusion_loss, draw_times
 from lorasynth.models.representation import (
+    LinearSkip,
     PcaRepresentation,
     Representation,
     RidgeRepresentation,
@@ -75,6 +76,10 @@ class PriorTrainConfig:
     # Train on the bank's first N subjects only (0: all): the bank-size scaling ablation. The
     # normaliser and VAE stay those of the whole bank, so only the prior's data shrinks.
     subjects: int = 0
+    # Diffuse over the residual of a linear map from condition to latent (fitted on the bank
+    # by ridge regression, stored with the prior and added back when sampling), so what
+    # generalises linearly is given and the network models the rest.
+    linear_skip: bool = False
 
 
 class _Run:
@@ -254,17 +259,34 @@ def _representation(
     return VaeRepresentation(vae, digest)
 
 
+def _fit_linear_skip(
+    rep: Representation, bank: Bank, norm: Normaliser, table: ConditionTable
+) -> LinearSkip:
+    """Ridge regression of the bank's latents on its subjects' mean embeddings."""
+    latents = torch.cat([rep.encode(norm.encode(b)) for b in bank.iter_batches(1024)])
+    cond = table.mean_embeddings()[table.index_for(bank.ids)]
+    return LinearSkip.fit(cond, latents)
+
+
 def _latent_stats(
-    rep: Representation, bank: Bank, norm: Normaliser
+    rep: Representation,
+    bank: Bank,
+    norm: Normaliser,
+    skip: LinearSkip | None = None,
+    table: ConditionTable | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-coordinate mean/std of the bank in prior space, streamed (one pass)."""
+    """Per-coordinate mean/std of the bank in prior space (less the skip's prediction from each
+    subject's mean embedding, if any), streamed (one pass)."""
     total, sums, squares = (
         0,
         torch.zeros(rep.dim, dtype=torch.float64),
         torch.zeros(rep.dim, dtype=torch.float64),
     )
+    cond = table.mean_embeddings()[table.index_for(bank.ids)] if skip is not None else None
     for batch in bank.iter_batches(1024):
         x = rep.encode(norm.encode(batch)).double()
+        if skip is not None:
+            x = x - skip(cond[total : total + len(x)]).double()
         total += len(x)
         sums += x.sum(0)
         squares += (x * x).sum(0)
@@ -299,7 +321,8 @@ def train_prior(
     )
     cond_rows = table.index_for(bank.ids)
     rep = _representation(config, bank, norm, Path(vae_path) if vae_path else None, table)
-    mean, std = _latent_stats(rep, bank, norm)
+    skip = _fit_linear_skip(rep, bank, norm, table) if config.linear_skip else None
+    mean, std = _latent_stats(rep, bank, norm, skip, table)
     torch.manual_seed(config.seed)
     model = Denoiser(
         DenoiserConfig(
@@ -331,6 +354,7 @@ def train_prior(
     n_photos = table.embeddings.shape[1]
     n_subjects = min(config.subjects, len(bank)) if config.subjects > 0 else len(bank)
     rep, mean, std = _on_device(rep, run.device), mean.to(run.device), std.to(run.device)
+    skip = skip.to(run.device) if skip is not None else None
     for step in bar:
         gen = run.step_generator(step)
         rows = torch.randint(n_subjects, (config.batch_size,), generator=gen)
@@ -342,8 +366,11 @@ def train_prior(
         local_rows = run.local(rows)
         dev = run.device
         z = norm.encode(bank.gather(local_rows.tolist())).to(dev)
-        x0 = (rep.encode(z) + run.local(jitter).to(dev) - mean) / std
         cond = table.embeddings[cond_rows[local_rows], run.local(photos)].to(dev)
+        latent = rep.encode(z) + run.local(jitter).to(dev)
+        if skip is not None:
+            latent = latent - skip(cond)
+        x0 = (latent - mean) / std
         local_drop = run.local(drop).to(dev)
         loss = diffusion_loss(
             lambda x, tt, c, drop=local_drop: ddp_model(x, tt, c, drop=drop),
@@ -370,6 +397,8 @@ def train_prior(
     out = run.out / PRIOR_FILE
     if run.is_main:
         extra = {"latent_mean": mean, "latent_std": std}
+        if skip is not None:
+            extra.update(skip.tensors())
         if isinstance(rep, PcaRepresentation):
             extra.update(rep.tensors())
         provenance = Provenance(

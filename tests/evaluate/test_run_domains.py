@@ -67,6 +67,13 @@ def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_pa
     assert methods["trained"]["normalised_fidelity"] == 1.0
     assert 0 <= methods["nearest"]["prompt_fidelity"] <= 1
     assert methods["nearest"]["attr_error"] == methods["nearest"]["attr_error"]  # regressor ran
+    # Cached images of prior methods are named by their prior's weights hash, the others not:
+    # a new or retrained prior never invalidates (or reuses) another method's images.
+    cached = {p.name for p in (out / "products" / "cache").glob("*/photos1-*.npz")}
+    diffusion = {n for n in cached if n.startswith("photos1-diffusion")}
+    assert len(diffusion) == 4 and all("@" in n for n in diffusion)
+    assert len({n.split("@")[1] for n in diffusion}) == 4  # four priors, four hashes
+    assert {"photos1-base.npz", "photos1-nearest.npz", "photos1-trained.npz"} <= cached
 
     domain_report = (out / "products" / "report.md").read_text()
     assert domain_report.startswith("# lorasynth evaluation (mini-world, products)")

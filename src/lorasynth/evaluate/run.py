@@ -231,8 +231,9 @@ class EvalModels:
 
 
 def cache_key(models: EvalModels, config: EvalConfig) -> str:
-    """Names the image cache by everything the images depend on besides setting and method:
-    another seed, prompt, sampling setting or prior gets a fresh cache, never stale images."""
+    """Names the image cache by everything the images depend on besides setting, method and
+    prior (those name the file, see Evaluation.images): another seed, prompt or sampling setting
+    gets a fresh cache, never stale images; a new prior variant adds only its own images."""
     import hashlib
 
     keyed = {
@@ -240,10 +241,6 @@ def cache_key(models: EvalModels, config: EvalConfig) -> str:
         for k, v in asdict(config).items()
         if k not in ("identities", "methods", "timing_repeats", "ablations", "gallery")
     }
-    prior = models.synth.prior
-    keyed["priors"] = sorted(
-        [prior.name if prior else "", *(p.name for p in models.variants.values())]
-    )
     text = json.dumps(keyed, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -352,6 +349,14 @@ class Evaluation:
         return [unflatten(v, self.m.layout) for v in vectors]
 
     # ---- images (cached) ---------------------------------------------------------------------
+    def prior_tag(self, method: str) -> str:
+        """The weights hash of the prior a method's images come from ('' when none does), so
+        retraining or adding a prior invalidates its own images and no others."""
+        if method.startswith("diffusion") or method == "optimize":
+            prior = self.m.variants.get(method) or self.m.synth.prior
+            return prior.name.rpartition(":")[2] if prior is not None else ""
+        return ""
+
     def images(
         self,
         setting: str,
@@ -361,7 +366,8 @@ class Evaluation:
         """The method's images (cached); its LoRAs are made only on a cache miss, so a rerun
         (or a second process given other methods, same OUT) skips e.g. `optimize` entirely.
         None when the method is unavailable (make_loras returned None)."""
-        cache = self.cache_dir / f"{setting}-{method}.npz"
+        tag = self.prior_tag(method)
+        cache = self.cache_dir / f"{setting}-{method}{'@' + tag if tag else ''}.npz"
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as data:
                 if data["images"].shape[0] == len(self.seeds) * len(self.cfg.prompts):

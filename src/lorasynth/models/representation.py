@@ -120,6 +120,39 @@ class RidgeRepresentation(PcaRepresentation):
         return cls(mean.float(), vh[:k].float().contiguous())
 
 
+class LinearSkip:
+    """latent ~ (cond - centre) @ weights + bias: a ridge map from condition to prior latent.
+
+    A prior with one diffuses over the residual and adds the map back when sampling."""
+
+    def __init__(self, centre: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor) -> None:
+        self.centre, self.weights, self.bias = centre, weights, bias
+
+    def __call__(self, cond: torch.Tensor) -> torch.Tensor:
+        return (cond.to(self.weights) - self.centre) @ self.weights + self.bias
+
+    @classmethod
+    def fit(cls, cond: torch.Tensor, latents: torch.Tensor, ridge: float = 1e-2) -> LinearSkip:
+        cond, latents = cond.double(), latents.double()
+        centre, bias = cond.mean(0), latents.mean(0)
+        c = cond - centre
+        gram = c.T @ c + ridge * torch.eye(c.shape[1], dtype=c.dtype)
+        weights = torch.linalg.solve(gram, c.T @ (latents - bias))
+        return cls(centre.float(), weights.float(), bias.float())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"skip_centre": self.centre, "skip_weights": self.weights, "skip_bias": self.bias}
+
+    @classmethod
+    def from_tensors(cls, extra: dict[str, torch.Tensor]) -> LinearSkip | None:
+        if "skip_weights" not in extra:
+            return None
+        return cls(extra["skip_centre"], extra["skip_weights"], extra["skip_bias"])
+
+    def to(self, device: torch.device) -> LinearSkip:
+        return LinearSkip(self.centre.to(device), self.weights.to(device), self.bias.to(device))
+
+
 def check_representation(kind: str) -> str:
     if kind not in REPRESENTATIONS:
         raise LorasynthError(
