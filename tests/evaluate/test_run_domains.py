@@ -78,6 +78,8 @@ def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_pa
     domain_report = (out / "products" / "report.md").read_text()
     assert domain_report.startswith("# lorasynth evaluation (mini-world, products)")
     assert (out / "products" / "plots" / "grid.png").is_file()
+    grid_columns = (out / "products" / "plots" / "grid.txt").read_text()
+    assert grid_columns == "columns: reference | base | nearest | diffusion | trained\n"
     assert (out / "products" / "plots" / "ablations.png").is_file()
     assert "## Bank size" in domain_report and "| 2 | diffusion-bank2 |" in domain_report
     report = (out / "report.md").read_text()

@@ -252,7 +252,7 @@ def image_grid(ev, path: Path, identities: int = 12, scale: int = 3) -> Path | N
     ]
     names = ["reference"]
     for method in GRID_METHODS:
-        cache = ev.cache_dir / f"photos1-{method}.npz"
+        cache = ev.cache_path("photos1", method)
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as data:
                 columns.append(data["images"][: n * p : p])

@@ -357,6 +357,10 @@ class Evaluation:
             return prior.name.rpartition(":")[2] if prior is not None else ""
         return ""
 
+    def cache_path(self, setting: str, method: str) -> Path:
+        tag = self.prior_tag(method)
+        return self.cache_dir / f"{setting}-{method}{'@' + tag if tag else ''}.npz"
+
     def images(
         self,
         setting: str,
@@ -366,8 +370,7 @@ class Evaluation:
         """The method's images (cached); its LoRAs are made only on a cache miss, so a rerun
         (or a second process given other methods, same OUT) skips e.g. `optimize` entirely.
         None when the method is unavailable (make_loras returned None)."""
-        tag = self.prior_tag(method)
-        cache = self.cache_dir / f"{setting}-{method}{'@' + tag if tag else ''}.npz"
+        cache = self.cache_path(setting, method)
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as data:
                 if data["images"].shape[0] == len(self.seeds) * len(self.cfg.prompts):

@@ -30,23 +30,15 @@ def validation_seeds(count: int) -> list[int]:
     return identity_seeds("heldout", VALIDATION_FIRST + count)[VALIDATION_FIRST:]
 
 
-def calibrate_strength(
-    synth,
-    prior,
-    pipe,
-    seeds: Sequence[int],
-    strengths: Sequence[float] = STRENGTHS,
-    domain: str = "faces",
-    images_per_subject: int = IMAGES_PER_SUBJECT,
-) -> dict:
-    """strength_scores for `prior` (a synthesis.Prior on synth's bank), sampled at the default
-    steps and guidance."""
+def prior_sampler(synth, prior) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Vectors of `prior` (a synthesis.Prior on synth's bank) for condition embeddings, as
+    sampled at the default steps and guidance (no strength applied): strength_scores' `make`."""
 
     def sample(cond: torch.Tensor) -> torch.Tensor:
         normalised = prior.sample_normalised(cond, PRIOR_STEPS, PRIOR_GUIDANCE, seed=0)
         return synth.normaliser.decode(normalised)
 
-    return strength_scores(synth, sample, pipe, seeds, strengths, domain, images_per_subject)
+    return sample
 
 
 def strength_scores(

@@ -111,7 +111,7 @@ def _calibration(
     weights hash, so a resumed build does not score again."""
     from lorasynth.atomic import write_json_atomic
     from lorasynth.synthesis import Prior, Synthesizer
-    from lorasynth.world.calibrate import calibrate_strength, validation_seeds
+    from lorasynth.world.calibrate import prior_sampler, strength_scores, validation_seeds
     from lorasynth.world.pipeline_io import load_pipeline
 
     dom = get_domain(domain)
@@ -126,7 +126,8 @@ def _calibration(
         print(f"calibrating the strength of {prior.name}", flush=True)
     pipe = load_pipeline(dom.root() / "pipeline")
     seeds = validation_seeds(subjects)
-    record = {"prior": prior.name, **calibrate_strength(synth, prior, pipe, seeds, domain=domain)}
+    scores = strength_scores(synth, prior_sampler(synth, prior), pipe, seeds, domain=domain)
+    record = {"prior": prior.name, **scores}
     write_json_atomic(cache, record)
     return record
 
