@@ -38,6 +38,7 @@ from lorasynth.models.representation import (
     Representation,
     RidgeRepresentation,
     VaeRepresentation,
+    ridge_regression,
 )
 from lorasynth.models.sampling import sample
 from lorasynth.models.store import load_prior, load_vae
@@ -333,18 +334,9 @@ class Synthesizer:
         """(embedding centre (E,), weights (E, D)): ridge regression of the bank's sign-aligned
         vectors on its subjects' embeddings, fitted on first use in one pass over the bank."""
         if self._ridge is None:
-            emb = self.bank_embeddings.double()
-            centre = emb.mean(0)
-            centred = emb - centre
-            gram = centred.T @ centred + RIDGE_PENALTY * torch.eye(len(centre), dtype=emb.dtype)
-            cross = torch.zeros(len(centre), self.bank.dim, dtype=torch.float32)
-            start = 0
-            for batch in self.bank.iter_batches(1024):
-                rows = centred[start : start + len(batch)].float()
-                cross += rows.T @ (self.normaliser.align(batch) - self.normaliser.mean)
-                start += len(batch)
-            weights = torch.linalg.solve(gram, cross.double()).float()
-            self._ridge = (centre.float(), weights)
+            aligned = (self.normaliser.align(b) for b in self.bank.iter_batches(1024))
+            centre, weights, _ = ridge_regression(self.bank_embeddings, aligned, RIDGE_PENALTY)
+            self._ridge = (centre.float(), weights.float())
         return self._ridge
 
     def _lincomb(self, cond: torch.Tensor) -> torch.Tensor:

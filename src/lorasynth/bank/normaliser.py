@@ -70,6 +70,19 @@ def fit_sign_reference(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return ref.float()
 
 
+def align_signs(
+    vectors: torch.Tensor, offsets: torch.Tensor | None, reference: torch.Tensor | None
+) -> torch.Tensor:
+    """Vectors (N, D) or (D,) with each block flipped to agree with `reference` (unchanged
+    when there is none)."""
+    if reference is None:
+        return vectors
+    rows = vectors if vectors.ndim == 2 else vectors[None]
+    ids = _block_ids(offsets)
+    aligned = rows * _block_signs(rows, reference, ids, len(offsets) - 1)[:, ids]
+    return aligned if vectors.ndim == 2 else aligned[0]
+
+
 @dataclass(frozen=True)
 class Normaliser:
     mean: torch.Tensor  # (dim,) float32
@@ -100,11 +113,10 @@ class Normaliser:
                 raise LorasynthError("need at least 2 vectors to fit a normaliser")
             reference = fit_sign_reference(torch.cat(head), offsets)
             batches = itertools.chain(head, batches)
-        aligner = cls(torch.zeros(0), torch.zeros(0), layout_hash, 0, offsets, reference)
         total = 0
         sum_ = sum_sq = shift = None
         for batch in batches:
-            batch = aligner.align(batch).double()
+            batch = align_signs(batch, offsets, reference).double()
             if shift is None:  # shifting by the first row keeps the one-pass variance stable
                 shift = batch[0].clone()
                 sum_ = torch.zeros_like(shift)
@@ -127,13 +139,7 @@ class Normaliser:
 
     def align(self, vectors: torch.Tensor) -> torch.Tensor:
         """Vectors with each module block flipped to agree with the reference (same dW)."""
-        if self.sign_reference is None:
-            return vectors
-        rows = vectors if vectors.ndim == 2 else vectors[None]
-        ids = _block_ids(self.align_offsets)
-        signs = _block_signs(rows, self.sign_reference, ids, len(self.align_offsets) - 1)
-        aligned = rows * signs[:, ids]
-        return aligned if vectors.ndim == 2 else aligned[0]
+        return align_signs(vectors, self.align_offsets, self.sign_reference)
 
     @cached_property
     def hash(self) -> str:

@@ -13,6 +13,8 @@ standardises x per coordinate (its own stored mean/std), like SD's latent scalin
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from lorasynth.errors import LorasynthError
@@ -94,6 +96,30 @@ class PcaRepresentation(Representation):
         return cls(mean, v[:, :k].T.contiguous())
 
 
+def ridge_regression(
+    cond: torch.Tensor, targets: Iterable[torch.Tensor], penalty: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(centre (E,), weights (E, D), mean (D,)), float64, of the ridge regression of targets on
+    cond (N, E): targets ~ mean + (cond - centre) @ weights, weights = (C'C + penalty I)^-1 C'T
+    with C the centred cond. `targets` are the N target rows as batches in cond's order, read
+    once (a bank streams through; C'T needs no centred targets since C's columns sum to 0)."""
+    cond = cond.double()
+    centre = cond.mean(0)
+    c = cond - centre
+    cross = sums = None
+    start = 0
+    for batch in targets:
+        batch = batch.double()
+        rows = c[start : start + len(batch)]
+        cross = rows.T @ batch if cross is None else cross.addmm_(rows.T, batch)
+        sums = batch.sum(0) if sums is None else sums.add_(batch.sum(0))
+        start += len(batch)
+    if cross is None or start != len(cond):
+        raise LorasynthError(f"{start} target rows for {len(cond)} conditions")
+    gram = c.T @ c + penalty * torch.eye(c.shape[1], dtype=c.dtype)
+    return centre, torch.linalg.solve(gram, cross), sums / start
+
+
 class RidgeRepresentation(PcaRepresentation):
     """A basis like PCA's (mean and orthonormal rows), fitted to what the condition predicts."""
 
@@ -110,12 +136,8 @@ class RidgeRepresentation(PcaRepresentation):
             raise LorasynthError(
                 f"ridge dimension {k} exceeds the fit's rank min(rows, embedding) = {min(cond.shape)}"
             )
-        z = z.double()
-        cond = cond.double()
-        mean, centre = z.mean(0), cond.mean(0)
-        c = cond - centre
-        gram = c.T @ c + ridge * len(c) * torch.eye(c.shape[1], dtype=c.dtype)
-        fitted = c @ torch.linalg.solve(gram, c.T @ (z - mean))  # (N, D), rank <= E
+        centre, weights, mean = ridge_regression(cond, [z], ridge * len(cond))
+        fitted = (cond.double() - centre) @ weights  # (N, D), rank <= E
         _, _, vh = torch.linalg.svd(fitted, full_matrices=False)
         return cls(mean.float(), vh[:k].float().contiguous())
 
@@ -133,11 +155,7 @@ class LinearSkip:
 
     @classmethod
     def fit(cls, cond: torch.Tensor, latents: torch.Tensor, ridge: float = 1e-2) -> LinearSkip:
-        cond, latents = cond.double(), latents.double()
-        centre, bias = cond.mean(0), latents.mean(0)
-        c = cond - centre
-        gram = c.T @ c + ridge * torch.eye(c.shape[1], dtype=c.dtype)
-        weights = torch.linalg.solve(gram, c.T @ (latents - bias))
+        centre, weights, bias = ridge_regression(cond, [latents], ridge)
         return cls(centre.float(), weights.float(), bias.float())
 
     def tensors(self) -> dict[str, torch.Tensor]:
