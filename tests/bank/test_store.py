@@ -131,6 +131,15 @@ def test_float16_copy_halves_the_shards_reads_float32_and_keeps_side_files(tmp_p
     assert len(Bank(half.path)) == 6  # the refused append left the bank as it was
 
 
+def test_copy_of_some_rows_in_the_order_given(tmp_path):
+    src, vectors = _bank(tmp_path)
+    part = copy_bank(src, tmp_path / "part", "float32", ids=["id7", "id2", "id5"])
+    assert part.ids == ["id7", "id2", "id5"]
+    torch.testing.assert_close(part.vectors(), vectors[[7, 2, 5]])
+    with pytest.raises(LorasynthError):
+        copy_bank(src, tmp_path / "missing", "float32", ids=["nobody"])
+
+
 def test_unknown_bank_dtype_is_refused(tmp_path):
     with pytest.raises(LorasynthError, match="float16"):
         Bank.create(tmp_path / "b", LAYOUT, dtype="int8")

@@ -37,6 +37,19 @@ def test_top1_catches_a_shuffled_method():
     assert top1_identification(shuffled, subject, gallery).mean() < 0.05
 
 
+def test_top1_among_a_fixed_number_of_subjects_at_any_gallery_size():
+    gallery = torch.eye(5)
+    subject = torch.tensor([0, 4])
+    # Subject 0 looks most like row 1 (one of its size-1 rivals); subject 4 most like row 3,
+    # which is not among its rivals (rows 0 and 1) when identification is among 3 subjects.
+    generated = torch.stack(
+        [0.5 * gallery[0] + 0.9 * gallery[1], 0.5 * gallery[4] + 0.9 * gallery[3]]
+    )
+    assert top1_identification(generated, subject, gallery).tolist() == [0.0, 0.0]
+    assert top1_identification(generated, subject, gallery, size=3).tolist() == [0.0, 1.0]
+    assert top1_identification(generated, subject, gallery, size=5).tolist() == [0.0, 0.0]
+
+
 def test_reference_embedding_is_unit_mean():
     ref = reference_embedding(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))
     torch.testing.assert_close(ref, torch.tensor([[2**-0.5, 2**-0.5]]))

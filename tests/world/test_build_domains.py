@@ -56,6 +56,15 @@ def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
     bank, heldout = Bank(root / "bank"), Bank(root / "bank-heldout")
     assert (len(bank), len(heldout)) == (3, 2) and bank.domain == heldout.domain == "products"
     assert bank.dtype == heldout.dtype == "float16" and bank.verify() == []
+    # The full held-out bank stays in build/ (the evaluation reads it), its first rows ship.
+    full = Bank(tiny_world / "build" / "mini-world" / "products" / "bank-heldout")
+    assert len(full) == 3 and set(heldout.ids) < set(full.ids)
+    assert sorted(heldout.ids) == ["id-0100000", "id-0100001"]  # the split's first seeds
+    assert manifest["stages"]["bank-heldout"]["measured"]["identities_built"] == 3
+    from lorasynth.domains import get_domain
+    from lorasynth.evaluate.run import heldout_bank
+
+    assert heldout_bank(get_domain("products")).path == full.path
     # The heldout stage scores its trained LoRAs (issue 4's acceptance) next to the base model.
     acceptance = manifest["stages"]["bank-heldout"]["measured"]["acceptance"]
     for row in (acceptance["trained"], acceptance["base"]):
@@ -87,6 +96,13 @@ def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
     assert (ablations / "latent2" / "lora-vae.safetensors").is_file()
     assert not (ablations / "raw" / "lora-vae.safetensors").exists()
     assert load_prior(ablations / "raw" / "prior.safetensors")[1].representation == "raw"
+    # each ablation prior's strength is chosen like the shipped ones' (a like-for-like table)
+    raw = json.loads((ablations / "raw" / "ablation.json").read_text())
+    assert raw["calibration"]["subjects"] == 2
+    chosen = load_tensors(ablations / "raw" / "prior.safetensors")[1].get(STRENGTH_KEY)
+    assert chosen == (
+        None if raw["calibration"]["chosen"] is None else str(raw["calibration"]["chosen"])
+    )
     assert not any("ablation" in rel for rel in manifest["files"])
 
     # Synthesis in the products domain: its bank, prior, conditioner and prompt by default.

@@ -15,7 +15,10 @@ def test_seed_ranges_are_disjoint():
 
     bank_train = set(ids.identity_seeds("train", 100_000))
     heldout = set(ids.identity_seeds("heldout", 100_000))
-    assert not bank_train & heldout
+    validation = set(ids.validation_seeds(ids.VALIDATION_SIZE))
+    assert not bank_train & heldout and not validation & (bank_train | heldout)
+    # growing the held-out split never changes who is in it: its first seeds stay first
+    assert ids.identity_seeds("heldout", 300)[:100] == ids.identity_seeds("heldout", 100)
     assert max(heldout) < ids.MODEL_TRAINING_START <= FIRST_IDENTITY
     assert min(EVAL_START, REGRESSOR_START) >= ids.MODEL_TRAINING_START
 

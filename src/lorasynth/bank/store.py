@@ -295,15 +295,27 @@ class Bank:
         }
 
 
-def copy_bank(src: Bank, dst: str | os.PathLike[str], dtype: str = "float16") -> Bank:
-    """A copy of `src` at `dst` (which must not hold a bank) with rows stored as `dtype`;
-    the bank's other files (normaliser, conditions) are copied unchanged."""
+def copy_bank(
+    src: Bank,
+    dst: str | os.PathLike[str],
+    dtype: str = "float16",
+    ids: Sequence[str] | None = None,
+) -> Bank:
+    """A copy of `src` (only the rows `ids`, in that order; None: all) at `dst`, which must
+    not hold a bank, with rows stored as `dtype`; the bank's other files (normaliser,
+    conditions) are copied unchanged."""
     dst = Path(dst)
     out = Bank.create(dst, src.layout, src.extra, dtype)
     step = out.default_shard_rows()
-    for start in range(0, len(src), step):
-        stop = min(len(src), start + step)
-        out.append(src.ids[start:stop], src.vectors(start, stop))
+    if ids is None:
+        for start in range(0, len(src), step):
+            stop = min(len(src), start + step)
+            out.append(src.ids[start:stop], src.vectors(start, stop))
+    else:
+        rows = [src.row_of(i) for i in ids]
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            out.append([src.ids[r] for r in part], src.gather(part))
     managed = {MANIFEST, LAYOUT, ".lock", *(s.file for s in src.shards)}
     for file in sorted(src.path.iterdir()):
         if file.is_file() and file.name not in managed:

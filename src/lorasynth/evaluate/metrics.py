@@ -30,10 +30,19 @@ def normalised_fidelity(sim_method: float, sim_base: float, sim_trained: float) 
 
 
 def top1_identification(
-    generated: torch.Tensor, subject: torch.Tensor, gallery: torch.Tensor
+    generated: torch.Tensor, subject: torch.Tensor, gallery: torch.Tensor, size: int | None = None
 ) -> torch.Tensor:
-    """1.0 where a generated embedding's nearest gallery reference is its own subject's row."""
-    return ((generated @ gallery.T).argmax(dim=1) == subject).float()
+    """1.0 where a generated embedding's nearest gallery reference is its own subject's row.
+
+    `size`: identification among that many subjects however large the gallery: each subject
+    competes with the first size-1 other rows, so "top-1 among 100" means the same at any N."""
+    sims = generated @ gallery.T
+    if size is not None and size < gallery.shape[0]:
+        cols = torch.arange(gallery.shape[0]).unsqueeze(0)
+        own = cols == subject.unsqueeze(1)
+        rank_among_others = cols - (cols > subject.unsqueeze(1)).long()
+        sims = sims.masked_fill(~(own | (rank_among_others < size - 1)), float("-inf"))
+    return (sims.argmax(dim=1) == subject).float()
 
 
 def reference_embedding(embeddings: torch.Tensor) -> torch.Tensor:

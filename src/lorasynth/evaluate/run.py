@@ -178,11 +178,7 @@ class EvalModels:
             raise LorasynthError(missing)
         root = dom.root()
         synth = Synthesizer.load(domain=dom.name)
-        heldout = (
-            Bank(root / "bank-heldout")
-            if (root / "bank-heldout" / "manifest.json").is_file()
-            else None
-        )
+        heldout = heldout_bank(dom)
         variants = {}
         for path in sorted((root / "synthesis" / "priors").glob("prior-*.safetensors")):
             name = "diffusion-" + path.stem.removeprefix("prior-")
@@ -228,6 +224,18 @@ class EvalModels:
             tuple(informative) if informative else None,
             groups,
         )
+
+
+def heldout_bank(domain: Domain) -> Bank | None:
+    """The held-out subjects' trained LoRAs: the full bank `world build --stage heldout` left
+    in build/ when it holds more than the shipped one (whose rows are its first), else the
+    shipped one; None when neither exists."""
+    banks = [
+        Bank(path)
+        for path in (domain.build_root() / "bank-heldout", domain.root() / "bank-heldout")
+        if (path / "manifest.json").is_file()
+    ]
+    return max(banks, key=len) if banks else None
 
 
 def cache_key(models: EvalModels, config: EvalConfig) -> str:
@@ -425,7 +433,8 @@ class Evaluation:
         emb = self.embed(images)
         subject = torch.arange(n).repeat_interleave(p)
         sims = id_similarity(emb, self.gallery[subject]).reshape(n, p).mean(1)
-        top1 = top1_identification(emb, subject, self.gallery).reshape(n, p).mean(1)
+        top1 = top1_identification(emb, subject, self.gallery, self.cfg.gallery)
+        top1 = top1.reshape(n, p).mean(1)
         scores = {"id_sim_per_identity": sims.tolist(), "top1_per_identity": top1.tolist()}
         wanted = [background_of(prompt) for prompt in self.cfg.prompts] * n
         named = [i for i, w in enumerate(wanted) if w]

@@ -104,8 +104,15 @@ def build_ablations(
     prior_config: PriorTrainConfig,
     resume: bool = True,
     progress: bool = True,
+    calibration_subjects: int = 0,
 ) -> dict:
-    """Train every ablation of the domain's shipped bank; returns {name: what was built}."""
+    """Train every ablation of the domain's shipped bank; returns {name: what was built}.
+
+    With `calibration_subjects`, each prior's strength is chosen on that many validation
+    subjects like the shipped priors' (world.calibrate), so the comparison is like for like."""
+    from lorasynth.synthesis import STRENGTH_KEY
+    from lorasynth.world.synthesis_build import calibrate_prior
+
     dom = get_domain(domain)
     bank_path = dom.root() / "bank"
     bank = Bank(bank_path)
@@ -138,13 +145,26 @@ def build_ablations(
             resume=resume,
             progress=progress,
         )
-        save_half_model_copy(trained, target / "prior.safetensors")
+        metadata, calibration = None, None
+        if calibration_subjects:
+            calibration = calibrate_prior(
+                trained,
+                vae_path or shipped_vae,
+                trained.parent,
+                domain,
+                calibration_subjects,
+                progress,
+            )
+            if calibration["chosen"] is not None:
+                metadata = {STRENGTH_KEY: str(calibration["chosen"])}
+        save_half_model_copy(trained, target / "prior.safetensors", metadata)
         record = {
             **asdict(ab),
             "prior_config": asdict(prior),
             "vae_config": asdict(replace(vae_config, **ab.vae)) if ab.vae else None,
             "bank_subjects": len(bank),
             "seconds_this_run": round(time.perf_counter() - began, 1),
+            "calibration": calibration,
         }
         write_json_atomic(target / "ablation.json", record)
         made[ab.name] = record

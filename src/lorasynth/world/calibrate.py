@@ -2,8 +2,8 @@
 
 A prior's LoRAs for unseen subjects come out short of a real LoRA's deviation from the bank
 mean (v2 faces: 0.31 of it), and identity needs the deviation, though not more of it than a
-LoRA has. The strength that scores best is chosen on validation subjects: held-out seeds after
-the ones `lorasynth evaluate` scores, with no bank LoRA, so the evaluation stays unbiased.
+LoRA has. The strength that scores best is chosen on validation subjects (world.identities.validation_seeds:
+seeds the held-out split steps over, with no bank LoRA), so the evaluation stays unbiased.
 Each candidate is judged like the evaluation judges (one condition photo, the evaluation
 prompts, the domain's judge embedder). The chosen value travels in the shipped prior's
 metadata (STRENGTH_KEY), where `Prior.load` reads it.
@@ -20,14 +20,7 @@ from lorasynth.lora import unflatten
 from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
 
 STRENGTHS = (0.6, 0.8, 1.0, 1.2)
-VALIDATION_FIRST = 100  # the evaluation scores held-out seeds [0, 100)
 IMAGES_PER_SUBJECT = 4
-
-
-def validation_seeds(count: int) -> list[int]:
-    from lorasynth.world.identities import identity_seeds
-
-    return identity_seeds("heldout", VALIDATION_FIRST + count)[VALIDATION_FIRST:]
 
 
 def prior_sampler(synth, prior) -> Callable[[torch.Tensor], torch.Tensor]:

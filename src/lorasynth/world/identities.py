@@ -13,6 +13,11 @@ BANK_HELDOUT_START = 100_000  # held-out identities: evaluation only, with train
 MODEL_TRAINING_START = 1_000_000  # identities the pipeline and the embedders are trained on
 _SPLITS = {"train": BANK_TRAIN_START, "heldout": BANK_HELDOUT_START}
 _SPLIT_LIMIT = 100_000
+# Validation identities: held-out seeds [100, 200) choose settings such as a prior's strength
+# (world.calibrate). The held-out split steps over them (its seeds are [0, 100) then [200, ...)),
+# so however many held-out identities are evaluated, none was used to tune anything.
+VALIDATION_START = BANK_HELDOUT_START + 100
+VALIDATION_SIZE = 100
 
 
 def identity_seeds(split: str, count: int) -> list[int]:
@@ -22,7 +27,18 @@ def identity_seeds(split: str, count: int) -> list[int]:
     if not 0 <= count <= _SPLIT_LIMIT:
         raise LorasynthError(f"count must be in [0, {_SPLIT_LIMIT}], got {count}")
     start = _SPLITS[split]
-    return list(range(start, start + count))
+    if split == "train":
+        return list(range(start, start + count))
+    before = min(count, VALIDATION_START - start)
+    after = VALIDATION_START + VALIDATION_SIZE
+    return list(range(start, start + before)) + list(range(after, after + count - before))
+
+
+def validation_seeds(count: int) -> list[int]:
+    """The first `count` validation identities (disjoint from both bank splits)."""
+    if not 0 <= count <= VALIDATION_SIZE:
+        raise LorasynthError(f"count must be in [0, {VALIDATION_SIZE}], got {count}")
+    return list(range(VALIDATION_START, VALIDATION_START + count))
 
 
 # Nuisance streams of bank identities: which photos play which role (never mixed up).

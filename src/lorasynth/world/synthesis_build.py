@@ -104,14 +104,15 @@ def _ship(trained: Path, target: Path, half: bool, metadata: dict[str, str] | No
         write_bytes_atomic(target, trained.read_bytes())
 
 
-def _calibration(
+def calibrate_prior(
     trained: Path, vae: Path, run: Path, domain: str, subjects: int, progress: bool
 ) -> dict:
     """The prior's strength calibration (world.calibrate), cached in its run folder per
     weights hash, so a resumed build does not score again."""
     from lorasynth.atomic import write_json_atomic
     from lorasynth.synthesis import Prior, Synthesizer
-    from lorasynth.world.calibrate import prior_sampler, strength_scores, validation_seeds
+    from lorasynth.world.calibrate import prior_sampler, strength_scores
+    from lorasynth.world.identities import validation_seeds
     from lorasynth.world.pipeline_io import load_pipeline
 
     dom = get_domain(domain)
@@ -166,7 +167,7 @@ def build_synthesis_models(
         target = out / (PRIOR_FILE if k == 0 else f"priors/prior-{name}.safetensors")
         metadata = None
         if config.calibration_subjects:
-            calibrations[name] = _calibration(
+            calibrations[name] = calibrate_prior(
                 trained, shipped_vae, runs / name, domain, config.calibration_subjects, progress
             )
             chosen = calibrations[name]["chosen"]
