@@ -240,3 +240,27 @@ def test_linear_skip_prior_models_the_residual_and_adds_the_map_back(tmp_path):
     with_skip = prior.sample_normalised(c, 4, 1.0, seed=0)
     without = dataclasses.replace(prior, skip=None).sample_normalised(c, 4, 1.0, seed=0)
     torch.testing.assert_close(with_skip - without, skip(c) @ basis.components)
+
+
+def test_mixup_trains_on_mixes_of_two_subjects(tmp_path, monkeypatch):
+    """mixup: some rows are convex mixes of two subjects' vectors; 0 leaves runs unchanged."""
+    import lorasynth.train as train_module
+
+    bank, cond = make_synthetic_bank(tmp_path)
+    weights: list[torch.Tensor] = []
+    original = train_module._mix
+
+    def spy(z, cond, run, gen, *rest):
+        mixed_z, mixed_cond = original(z, cond, run, gen, *rest)
+        weights.append((mixed_z - z).abs().sum(1) > 0)
+        assert torch.allclose(mixed_cond.norm(dim=-1), torch.ones(len(z)))
+        return mixed_z, mixed_cond
+
+    monkeypatch.setattr(train_module, "_mix", spy)
+    config = replace(PRIOR_CFG, steps=4, representation="raw", checkpoint_every=100)
+    train_prior(bank, cond, tmp_path / "plain", config, progress=False)
+    assert not weights  # mixup 0: never called, so earlier runs replay exactly
+    train_prior(bank, cond, tmp_path / "mix", replace(config, mixup=0.5), progress=False)
+    share = torch.stack(weights).float().mean()
+    assert 0.3 < share < 0.7, share
+    assert _losses(tmp_path / "mix") != _losses(tmp_path / "plain")

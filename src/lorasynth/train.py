@@ -80,6 +80,11 @@ class PriorTrainConfig:
     # by ridge regression, stored with the prior and added back when sampling), so what
     # generalises linearly is given and the network models the rest.
     linear_skip: bool = False
+    # Fraction of each batch made of two subjects mixed (mixup): LoRA vectors and condition
+    # embeddings interpolated with one weight. With few subjects a prior memorises them; the
+    # mixes teach it what lies between (on the faces bank the embedding-to-LoRA map is close
+    # to linear: README, "v2").
+    mixup: float = 0.0
 
 
 class _Run:
@@ -367,6 +372,10 @@ def train_prior(
         dev = run.device
         z = norm.encode(bank.gather(local_rows.tolist())).to(dev)
         cond = table.embeddings[cond_rows[local_rows], run.local(photos)].to(dev)
+        if config.mixup > 0:
+            z, cond = _mix(
+                z, cond, run, gen, n_subjects, n_photos, config, norm, bank, table, cond_rows
+            )
         latent = rep.encode(z) + run.local(jitter).to(dev)
         if skip is not None:
             latent = latent - skip(cond)
@@ -408,6 +417,25 @@ def train_prior(
         _write_summary(run, began, {"loss_last": _tail_mean(run.out / "log.jsonl", "loss")})
     run.accelerator.wait_for_everyone()
     return out
+
+
+def _mix(z, cond, run, gen, n_subjects, n_photos, config, norm, bank, table, cond_rows):
+    """Mixup: a `config.mixup` fraction of the batch's rows become w * row + (1 - w) * another
+    subject's, for vectors and (re-normalised) conditions alike. Drawn after the batch's other
+    draws, so runs without mixup are unchanged."""
+    n = config.batch_size
+    mixed = torch.rand(n, generator=gen) < config.mixup
+    other_rows = torch.randint(n_subjects, (n,), generator=gen)
+    other_photos = torch.randint(n_photos, (n,), generator=gen)
+    weight = torch.where(mixed, torch.rand(n, generator=gen), torch.ones(n))
+    local_rows = run.local(other_rows)
+    dev = z.device
+    z2 = norm.encode(bank.gather(local_rows.tolist())).to(dev)
+    c2 = table.embeddings[cond_rows[local_rows], run.local(other_photos)].to(dev)
+    w = run.local(weight).to(dev).unsqueeze(1)
+    z = w * z + (1 - w) * z2
+    cond = torch.nn.functional.normalize(w * cond + (1 - w) * c2, dim=-1)
+    return z, cond
 
 
 def _on_device(rep: Representation, device: torch.device) -> Representation:
