@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import torch
 
@@ -103,8 +104,11 @@ def test_evaluate_writes_results_report_and_plots(tiny_pipeline, tmp_path, monke
     assert (
         again["methods"]["nearest"]["id_sim_mean"] == results["methods"]["nearest"]["id_sim_mean"]
     )
+    # The 4-photo setting may repeat only some methods; the images stay those of the same key.
+    fewer = evaluate(
+        tmp_path / "out", replace(config, multi_photo_methods=("nearest",)), models, progress=False
+    )
+    assert set(fewer["ablations"]["photos_2"]) == {"base", "trained", "nearest"}
     # Other images (another seed here; or prompts, sampling settings, priors) never reuse them.
-    from dataclasses import replace
-
     evaluate(tmp_path / "out", replace(config, seed=1, multi_photos=0), models, progress=False)
     assert len(list((tmp_path / "out" / "cache").iterdir())) == 2

@@ -31,6 +31,13 @@ def evaluate(
     ablations: Annotated[
         bool, typer.Option(help="Also run the 4-photo setting, sweeps and sanity checks.")
     ] = True,
+    multi_photo_methods: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated methods the 4-photo setting repeats (default: every "
+            "synthesis method of the run; e.g. leave out optimize, seconds a subject)."
+        ),
+    ] = None,
     domain: Annotated[
         str,
         typer.Option(
@@ -55,6 +62,9 @@ def evaluate(
         seed=seed,
         ablations=ablations,
         domain="faces" if domain == "all" else get_domain(domain).name,
+        multi_photo_methods=None
+        if multi_photo_methods is None
+        else tuple(m.strip() for m in multi_photo_methods.split(",") if m.strip()),
     )
     if domain == "all":
         outcome = evaluate_domains(out, config)

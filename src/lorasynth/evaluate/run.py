@@ -116,6 +116,9 @@ class EvalConfig:
     )
     prompts: tuple[str, ...] = ()  # empty: the domain's (domain_prompts)
     multi_photos: int = 4  # the second conditioning setting; 0 skips it
+    # Which methods the second setting repeats (None: every synthesis method of the run);
+    # `optimize` costs seconds a subject, so a large run may leave it to the first setting.
+    multi_photo_methods: tuple[str, ...] | None = None
     references: int = 8
     gallery: int = 100
     image_steps: int = 20
@@ -247,7 +250,15 @@ def cache_key(models: EvalModels, config: EvalConfig) -> str:
     keyed = {
         k: v
         for k, v in asdict(config).items()
-        if k not in ("identities", "methods", "timing_repeats", "ablations", "gallery")
+        if k
+        not in (
+            "identities",
+            "methods",
+            "timing_repeats",
+            "ablations",
+            "gallery",
+            "multi_photo_methods",
+        )
     }
     text = json.dumps(keyed, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -632,7 +643,9 @@ def run_ablations(ev: Evaluation, config: EvalConfig, methods: Sequence[str]) ->
         synth_methods = [
             m
             for m in methods
-            if (m in SYNTH_METHODS or m.startswith("diffusion")) and m not in ev.m.ablation_groups
+            if (m in SYNTH_METHODS or m.startswith("diffusion"))
+            and m not in ev.m.ablation_groups
+            and (config.multi_photo_methods is None or m in config.multi_photo_methods)
         ]
         ablations[f"photos_{config.multi_photos}"] = ev.run_setting(
             f"photos{config.multi_photos}", config.multi_photos, ["base", "trained", *synth_methods]

@@ -233,9 +233,8 @@ def _bank_split(
         if seed_from_shipped:
             copy_bank(Bank(bank_path), train_path, config.dtype)
         logs_dir = domain.build_root() / "bank-logs" / split
-        open_bank(
-            train_path, pipeline, bank_layout(pipeline, config), config
-        )  # before workers race
+        layout = bank_layout(pipeline, config)
+        open_bank(train_path, pipeline, layout, config)  # before the workers race to create it
         start = time.perf_counter()
         _run_workers(pipeline, split, total, train_path, logs_dir, config, world.workers)
         trained = time.perf_counter() - start
