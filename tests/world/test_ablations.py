@@ -25,3 +25,29 @@ def test_ablations_of_a_vae_default_prior():
     found = {ab.name: ab for ab in ablations_for(AblationConfig(), 500, PriorTrainConfig())}
     assert set(found) == {"pca", "raw", "latent32", "latent64", "bank250"}
     assert found["latent32"].vae == {"latent_dim": 32} and found["latent32"].prior == {}
+
+
+def test_an_ablation_built_from_another_default_is_named_with_the_difference(tmp_path, monkeypatch):
+    import json
+    from dataclasses import asdict, replace
+
+    from lorasynth.world import ablations as ab
+
+    monkeypatch.setattr(ab, "ablations_root", lambda domain: tmp_path)
+    default = replace(WORLD.synthesis.prior, mixup=0.5)
+    for name, base in (("pca", replace(default, mixup=0.0)), ("raw", default)):
+        (tmp_path / name).mkdir()
+        overrides = {"representation": name}
+        record = {
+            "name": name,
+            "prior": overrides,
+            "prior_config": asdict(replace(base, **overrides)),
+        }
+        (tmp_path / name / "ablation.json").write_text(json.dumps(record))
+    # pca's own change (representation) is not a difference; its older base (mixup) is
+    assert ab.stale_ablations("faces", default) == {"diffusion-pca": "mixup 0.0, now 0.5"}
+    # a record written before a field existed reads it as the field's default
+    legacy = json.loads((tmp_path / "raw" / "ablation.json").read_text())
+    del legacy["prior_config"]["mixup"]
+    (tmp_path / "raw" / "ablation.json").write_text(json.dumps(legacy))
+    assert set(ab.stale_ablations("faces", default)) == {"diffusion-pca", "diffusion-raw"}

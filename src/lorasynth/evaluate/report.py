@@ -100,6 +100,8 @@ def write_report(out: Path, results: dict, ev) -> Path:
     parts += curve_tables(results["ablations"])
     for note in results["ablations"].get("not_built", []):
         parts.append(f"\n- not in this report: {note}")
+    for note in results["ablations"].get("other_base", []):
+        parts.append(f"\n- caution: {note}")
     parts += ["", *[f"![{p.stem}](plots/{p.name})" for p in made if p is not None], ""]
     path = out / "report.md"
     path.write_text("\n".join(parts))

@@ -43,7 +43,7 @@ from lorasynth.evaluate.metrics import (
 from lorasynth.lora import LoraFile, LoraLayout, unflatten, write_lora
 from lorasynth.models.defaults import IMAGE_GUIDANCE, PRIOR_GUIDANCE, PRIOR_STEPS
 from lorasynth.synthesis import Prior, Synthesizer
-from lorasynth.world.ablations import built_ablations
+from lorasynth.world.ablations import built_ablations, stale_ablations
 from lorasynth.world.identities import bank_id, identity_seeds
 
 SUBJECT = "a photo of sks person"
@@ -152,6 +152,8 @@ class EvalModels:
     # Ablation variants (world build --stage ablations): method -> (group, value), e.g.
     # "diffusion-bank500" -> ("bank_size", "500"); their priors are in `variants` too.
     ablation_groups: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Ablations built from another default prior config than today's: method -> what differs.
+    stale_ablations: dict[str, str] = field(default_factory=dict)
 
     def attribute_columns(self) -> list[int]:
         names = self.domain.attribute_names
@@ -226,6 +228,11 @@ class EvalModels:
             WORLDS[dom.name].bank,
             tuple(informative) if informative else None,
             groups,
+            {
+                method: note
+                for method, note in stale_ablations(dom, WORLDS[dom.name].synthesis.prior).items()
+                if method in groups
+            },
         )
 
 
@@ -695,6 +702,12 @@ def ablation_curves(rows: dict[str, dict], models: EvalModels) -> dict:
         }
     if not curves["not_built"]:
         del curves["not_built"]
+    if models.stale_ablations:
+        curves["other_base"] = [
+            f"{method} was built from another default prior ({note}): its curve compares "
+            "two changes (`lorasynth world build --stage ablations --no-resume` rebuilds it)"
+            for method, note in sorted(models.stale_ablations.items())
+        ]
     return curves
 
 

@@ -186,3 +186,23 @@ def built_ablations(domain: str | Domain) -> dict[str, tuple[Ablation, Path, Pat
         vae = folder / "lora-vae.safetensors"
         found[ab.method] = (ab, folder / "prior.safetensors", vae if vae.is_file() else None)
     return found
+
+
+def stale_ablations(domain: str | Domain, default: PriorTrainConfig) -> dict[str, str]:
+    """Built ablation priors whose base is not `default` (the domain's prior config now), each
+    with what differs besides its own change, e.g. {"diffusion-pca": "mixup 0.0, now 0.5"}:
+    their curve then compares two changes at once, which the report must say."""
+    expected = asdict(default)
+    stale = {}
+    for record_path in sorted(ablations_root(domain).glob("*/ablation.json")):
+        record = json.loads(record_path.read_text())
+        built = {**asdict(PriorTrainConfig()), **record.get("prior_config", {})}
+        own = set(record.get("prior", {}))
+        differs = [
+            f"{key} {built[key]!r}, now {value!r}"
+            for key, value in expected.items()
+            if key not in own and built.get(key) != value
+        ]
+        if differs:
+            stale[f"diffusion-{record['name']}"] = "; ".join(differs)
+    return stale
