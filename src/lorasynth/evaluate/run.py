@@ -715,8 +715,14 @@ def sweep_point(ev: Evaluation, steps: int | None = None, guidance: float | None
     """ID similarity and time of the default prior at other sampling settings."""
     steps_used = steps or ev.cfg.prior_steps
     guidance_used = guidance or ev.cfg.prior_guidance
-    name = f"diffusion-s{steps_used}-g{guidance_used:g}"
-    images = ev.images("sweep", name, lambda: ev.loras("diffusion", 1, steps_used, guidance_used))
+    if (steps_used, guidance_used) == (ev.cfg.prior_steps, ev.cfg.prior_guidance):
+        # the default setting's point: the main table's own images, not a second copy
+        images = ev.images("photos1", "diffusion", lambda: ev.loras("diffusion", 1))
+    else:
+        name = f"diffusion-s{steps_used}-g{guidance_used:g}"
+        images = ev.images(
+            "sweep", name, lambda: ev.loras("diffusion", 1, steps_used, guidance_used)
+        )
     sims = ev.score(images)["id_sim_per_identity"]
     mean, ci = mean_ci95(sims)
     cond = ev.m.synth.embed(ev.photos[0][:1])[None]
