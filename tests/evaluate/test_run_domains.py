@@ -43,7 +43,8 @@ def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_pa
     # Faces are not built in this world: said, with the stage to build, not fatal.
     assert "world build --domain faces --stage embedders" in outcome["faces"]
     saved = json.loads((out / "products" / "results.json").read_text())
-    assert saved["n_identities"] == 2  # all the held-out products there are (5 asked for)
+    # all the held-out products there are (5 asked for): 3 in build/, of which 2 ship
+    assert saved["n_identities"] == 3
     cfg = saved["config"]
     assert cfg["domain"] == "products" and cfg["prompts"][0] == "a photo of sks product"
     assert cfg["embedder_condition"].startswith("mini-style/")
@@ -99,8 +100,8 @@ def test_models_of_another_domain_or_absent_are_refused(tiny_products_world, tmp
     assert models.eval_embedder.embedder_id.startswith("mini-style-eval/")
     with pytest.raises(LorasynthError, match="is domain 'products' but the evaluation is domain"):
         evaluate(tmp_path / "x", EvalConfig(identities=2, **TINY), models, progress=False)
-    with pytest.raises(LorasynthError, match="2 held-out products subjects, 3 asked for"):
-        evaluate(tmp_path / "x", EvalConfig(identities=3, domain="products", **TINY), models, False)
+    with pytest.raises(LorasynthError, match="3 held-out products subjects, 4 asked for"):
+        evaluate(tmp_path / "x", EvalConfig(identities=4, domain="products", **TINY), models, False)
 
 
 def test_cli_names_the_stage_to_build(tiny_products_world, tmp_path):
@@ -133,8 +134,8 @@ def test_cli_domain_all_and_default_identities(tiny_products_world, tmp_path):
     args = ["evaluate", "--out", str(one), "--domain", "products", "--methods", "base"]
     result = CliRunner().invoke(app, [*args, "--no-ablations"])
     assert result.exit_code == 0, result.output
-    assert "evaluated 2 products identities" in result.stderr
-    assert json.loads((one / "results.json").read_text())["n_identities"] == 2
+    assert "evaluated 3 products identities" in result.stderr
+    assert json.loads((one / "results.json").read_text())["n_identities"] == 3
 
 
 def test_ablation_priors_are_compared_on_one_photo_only(tiny_products_world, tmp_path):
