@@ -86,7 +86,9 @@ class WorldConfig:
             ),
             # The shipped pair (issue 6: at least AdaNorm and AdaLoRA); the eps/x0 targets are
             # ablations (world build --stage ablations), not shipped, for the byte budget.
-            priors={"adalora-v": {}, "adanorm-v": {"conditioning": "adanorm"}},
+            # AdaNorm ships as trained in v2 (no mixup): `lorasynth evaluate` compares it with
+            # the v2 AdaLoRA prior, like for like (session 6 had no core-time to retrain it).
+            priors={"adalora-v": {}, "adanorm-v": {"conditioning": "adanorm", "mixup": 0.0}},
             calibration_subjects=48,
         )
     )
