@@ -112,3 +112,29 @@ def test_evaluate_writes_results_report_and_plots(tiny_pipeline, tmp_path, monke
     # Other images (another seed here; or prompts, sampling settings, priors) never reuse them.
     evaluate(tmp_path / "out", replace(config, seed=1, multi_photos=0), models, progress=False)
     assert len(list((tmp_path / "out" / "cache").iterdir())) == 2
+
+
+def test_optimize_images_are_keyed_by_what_optimize_uses():
+    """optimize fits the representation's coefficients: another denoiser with the same basis and
+    statistics makes the same images (one cache); another basis or statistics, new ones."""
+    from types import SimpleNamespace
+
+    from lorasynth.evaluate.run import Evaluation
+    from lorasynth.models.representation import Representation
+
+    def prior(name, std=1.0):
+        return SimpleNamespace(
+            name=f"prior:{name}",
+            representation=Representation(4),
+            latent_mean=torch.zeros(4),
+            latent_std=torch.full((4,), std),
+        )
+
+    def tags(p):
+        ev = Evaluation.__new__(Evaluation)
+        ev.m = SimpleNamespace(synth=SimpleNamespace(prior=p), variants={})
+        return ev.prior_tag("optimize"), ev.prior_tag("diffusion")
+
+    (opt_a, diff_a), (opt_b, diff_b) = tags(prior("aaaa")), tags(prior("bbbb"))
+    assert opt_a == opt_b and diff_a == "aaaa" and diff_b == "bbbb"
+    assert tags(prior("aaaa", std=2.0))[0] != opt_a

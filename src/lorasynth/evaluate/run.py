@@ -14,6 +14,7 @@ the bank's training settings) comes from the domain (lorasynth.domains), faces b
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import statistics
@@ -377,8 +378,19 @@ class Evaluation:
     # ---- images (cached) ---------------------------------------------------------------------
     def prior_tag(self, method: str) -> str:
         """The weights hash of the prior a method's images come from ('' when none does), so
-        retraining or adding a prior invalidates its own images and no others."""
-        if method.startswith("diffusion") or method == "optimize":
+        retraining or adding a prior invalidates its own images and no others; for optimize,
+        a hash of what it uses (the representation and latent statistics)."""
+        if method == "optimize":
+            # optimize fits the representation's coefficients: the denoiser plays no part, so
+            # its images depend on the basis and latent statistics alone
+            prior = self.m.synth.prior
+            if prior is None:
+                return ""
+            digest = hashlib.sha256(prior.representation.id.encode())
+            for stats in (prior.latent_mean, prior.latent_std):
+                digest.update(stats.detach().cpu().numpy().tobytes())
+            return "rep-" + digest.hexdigest()[:16]
+        if method.startswith("diffusion"):
             prior = self.m.variants.get(method) or self.m.synth.prior
             return prior.name.rpartition(":")[2] if prior is not None else ""
         return ""
