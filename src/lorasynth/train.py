@@ -360,6 +360,13 @@ def train_prior(
     n_subjects = min(config.subjects, len(bank)) if config.subjects > 0 else len(bank)
     rep, mean, std = _on_device(rep, run.device), mean.to(run.device), std.to(run.device)
     skip = skip.to(run.device) if skip is not None else None
+
+    def fetch(rows: torch.Tensor, photos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of drawn (subject, photo) pairs: normalised vectors, conditions."""
+        local_rows = run.local(rows)
+        z = norm.encode(bank.gather(local_rows.tolist())).to(run.device)
+        return z, table.embeddings[cond_rows[local_rows], run.local(photos)].to(run.device)
+
     for step in bar:
         gen = run.step_generator(step)
         rows = torch.randint(n_subjects, (config.batch_size,), generator=gen)
@@ -368,14 +375,10 @@ def train_prior(
         eps = torch.randn(config.batch_size, rep.dim, generator=gen)
         drop = torch.rand(config.batch_size, generator=gen) < config.cond_dropout
         jitter = torch.randn(config.batch_size, rep.dim, generator=gen) * config.latent_noise
-        local_rows = run.local(rows)
         dev = run.device
-        z = norm.encode(bank.gather(local_rows.tolist())).to(dev)
-        cond = table.embeddings[cond_rows[local_rows], run.local(photos)].to(dev)
+        z, cond = fetch(rows, photos)
         if config.mixup > 0:
-            z, cond = _mix(
-                z, cond, run, gen, n_subjects, n_photos, config, norm, bank, table, cond_rows
-            )
+            z, cond = _mix(z, cond, fetch, gen, n_subjects, n_photos, config, run)
         latent = rep.encode(z) + run.local(jitter).to(dev)
         if skip is not None:
             latent = latent - skip(cond)
@@ -419,20 +422,17 @@ def train_prior(
     return out
 
 
-def _mix(z, cond, run, gen, n_subjects, n_photos, config, norm, bank, table, cond_rows):
+def _mix(z, cond, fetch, gen, n_subjects: int, n_photos: int, config, run):
     """Mixup: a `config.mixup` fraction of the batch's rows become w * row + (1 - w) * another
-    subject's, for vectors and (re-normalised) conditions alike. Drawn after the batch's other
-    draws, so runs without mixup are unchanged."""
+    subject's (`fetch`ed like the batch), for vectors and (re-normalised) conditions alike.
+    Drawn after the batch's other draws, so runs without mixup are unchanged."""
     n = config.batch_size
     mixed = torch.rand(n, generator=gen) < config.mixup
     other_rows = torch.randint(n_subjects, (n,), generator=gen)
     other_photos = torch.randint(n_photos, (n,), generator=gen)
     weight = torch.where(mixed, torch.rand(n, generator=gen), torch.ones(n))
-    local_rows = run.local(other_rows)
-    dev = z.device
-    z2 = norm.encode(bank.gather(local_rows.tolist())).to(dev)
-    c2 = table.embeddings[cond_rows[local_rows], run.local(other_photos)].to(dev)
-    w = run.local(weight).to(dev).unsqueeze(1)
+    z2, c2 = fetch(other_rows, other_photos)
+    w = run.local(weight).to(z.device).unsqueeze(1)
     z = w * z + (1 - w) * z2
     cond = torch.nn.functional.normalize(w * cond + (1 - w) * c2, dim=-1)
     return z, cond

@@ -253,8 +253,6 @@ def cache_key(models: EvalModels, config: EvalConfig) -> str:
     """Names the image cache by everything the images depend on besides setting, method and
     prior (those name the file, see Evaluation.images): another seed, prompt or sampling setting
     gets a fresh cache, never stale images; a new prior variant adds only its own images."""
-    import hashlib
-
     keyed = {
         k: v
         for k, v in asdict(config).items()

@@ -110,8 +110,7 @@ def build_ablations(
 
     With `calibration_subjects`, each prior's strength is chosen on that many validation
     subjects like the shipped priors' (world.calibrate), so the comparison is like for like."""
-    from lorasynth.synthesis import STRENGTH_KEY
-    from lorasynth.world.synthesis_build import calibrate_prior
+    from lorasynth.world.synthesis_build import calibrate_prior, strength_metadata
 
     dom = get_domain(domain)
     bank_path = dom.root() / "bank"
@@ -155,8 +154,7 @@ def build_ablations(
                 calibration_subjects,
                 progress,
             )
-            if calibration["chosen"] is not None:
-                metadata = {STRENGTH_KEY: str(calibration["chosen"])}
+            metadata = strength_metadata(calibration)
         save_half_model_copy(trained, target / "prior.safetensors", metadata)
         record = {
             **asdict(ab),

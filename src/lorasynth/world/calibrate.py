@@ -2,8 +2,9 @@
 
 A prior's LoRAs for unseen subjects come out short of a real LoRA's deviation from the bank
 mean (v2 faces: 0.31 of it), and identity needs the deviation, though not more of it than a
-LoRA has. The strength that scores best is chosen on validation subjects (world.identities.validation_seeds:
-seeds the held-out split steps over, with no bank LoRA), so the evaluation stays unbiased.
+LoRA has. The strength that scores best is chosen on validation subjects
+(world.identities.validation_seeds: seeds the held-out split steps over, with no bank LoRA),
+so the evaluation stays unbiased.
 Each candidate is judged like the evaluation judges (one condition photo, the evaluation
 prompts, the domain's judge embedder). The chosen value travels in the shipped prior's
 metadata (STRENGTH_KEY), where `Prior.load` reads it.

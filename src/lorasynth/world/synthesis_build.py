@@ -104,6 +104,12 @@ def _ship(trained: Path, target: Path, half: bool, metadata: dict[str, str] | No
         write_bytes_atomic(target, trained.read_bytes())
 
 
+def strength_metadata(calibration: dict) -> dict[str, str] | None:
+    """The shipped prior's metadata for a calibration's chosen strength (None: as sampled)."""
+    chosen = calibration["chosen"]
+    return {STRENGTH_KEY: str(chosen)} if chosen is not None else None
+
+
 def calibrate_prior(
     trained: Path, vae: Path, run: Path, domain: str, subjects: int, progress: bool
 ) -> dict:
@@ -170,8 +176,7 @@ def build_synthesis_models(
             calibrations[name] = calibrate_prior(
                 trained, shipped_vae, runs / name, domain, config.calibration_subjects, progress
             )
-            chosen = calibrations[name]["chosen"]
-            metadata = {STRENGTH_KEY: str(chosen)} if chosen is not None else None
+            metadata = strength_metadata(calibrations[name])
         _ship(trained, target, config.half_precision, metadata)
         made[name] = str(target)
     if calibrations:
