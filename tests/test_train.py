@@ -140,6 +140,21 @@ def test_resume_gives_the_same_run(tmp_path):
         train_prior(bank, cond, tmp_path / "b", replace(cfg, subjects=3), progress=False)
 
 
+def test_resume_on_a_grown_bank_is_refused(tmp_path):
+    """A finished run on 96 rows must not pass for one on 128 (the faces bank grew 500 ->
+    1,500 with the run folder unchanged): the checkpoint records what it trained on."""
+    small, cond = make_synthetic_bank(tmp_path / "small", rows=96)
+    grown, grown_cond = make_synthetic_bank(tmp_path / "grown", rows=128)
+    cfg = replace(PRIOR_CFG, representation="raw", steps=20)
+    train_prior(small, cond, tmp_path / "run", cfg, progress=False)
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["data"]["bank_rows"] == 96
+    with pytest.raises(LorasynthError, match=r"other data .*bank_rows 96.*bank_rows 128"):
+        train_prior(grown, grown_cond, tmp_path / "run", cfg, progress=False)
+    # resume=False starts over on the new data
+    assert train_prior(grown, grown_cond, tmp_path / "run", cfg, resume=False, progress=False)
+
+
 def test_mismatched_vae_is_refused(tmp_path):
     bank, cond = make_synthetic_bank(tmp_path)
     vae_path = train_vae(bank, tmp_path / "vae", replace(VAE_CFG, steps=2), progress=False)

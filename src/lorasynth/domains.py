@@ -90,6 +90,19 @@ class Domain:
         base = build_dir() / "mini-world"
         return base / self.asset_subdir if self.asset_subdir else base
 
+    def fullest_bank(self, name: str) -> Path:
+        """The bank folder `name` ("bank", "bank-heldout") that holds the most rows: the full
+        one a bank stage trained in build/ when it outgrew what ships (the shipped rows are its
+        first), else the shipped one (which may not exist)."""
+        from lorasynth.bank import Bank
+
+        shipped, built = self.root() / name, self.build_root() / name
+        if not (built / "manifest.json").is_file():
+            return shipped
+        if not (shipped / "manifest.json").is_file():
+            return built
+        return built if len(Bank(built)) > len(Bank(shipped)) else shipped
+
     def embedder_path(self, name: str) -> Path:
         return self.root() / "embedders" / f"{name}.safetensors"
 

@@ -90,7 +90,7 @@ class PriorTrainConfig:
 class _Run:
     """The bookkeeping shared by both loops: accelerate, run folder, log, checkpoint cadence."""
 
-    def __init__(self, out_dir: Path, config, kind: str) -> None:
+    def __init__(self, out_dir: Path, config, kind: str, data: dict | None = None) -> None:
         from accelerate import Accelerator
 
         # The GPU when there is one (`accelerate launch --cpu` or no GPU: the CPU). Random draws
@@ -100,13 +100,20 @@ class _Run:
         self.out = Path(out_dir)
         self.config = config
         self.kind = kind
+        # What the run trains on (bank rows, normaliser): a resume on other data is refused.
+        self.data = data or {}
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(
                 self.out / "config.json",
-                {"kind": kind, "config": asdict(config), "processes": self.world},
+                {
+                    "kind": kind,
+                    "config": asdict(config),
+                    "data": self.data,
+                    "processes": self.world,
+                },
             )
 
     @property
@@ -149,6 +156,13 @@ def _resume(run: _Run, resume: bool, modules: dict, optimizers: dict) -> int:
             raise LorasynthError(
                 f"{state_path}: was trained with another config; use a new --out or --no-resume"
             )
+        # Runs from before data was recorded carry none: they resume as they did.
+        saved_data = load_training_state(state_path)["extra"].get("data")
+        if saved_data and run.data and saved_data != run.data:
+            raise LorasynthError(
+                f"{state_path}: was trained on other data ({_describe(saved_data)}; now "
+                f"{_describe(run.data)}); use a new --out or --no-resume"
+            )
         return load_training_state(state_path, modules=modules, optimizers=optimizers)["step"]
     if run.is_main:
         (run.out / "log.jsonl").unlink(missing_ok=True)
@@ -164,7 +178,17 @@ def _save_state(run: _Run, step: int, modules: dict, optimizers: dict) -> None:
             modules=modules,
             optimizers=optimizers,
             config=asdict(run.config),
+            extra={"data": run.data},
         )
+
+
+def _describe(data: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(data.items()))
+
+
+def _data_of(bank: Bank, norm: Normaliser) -> dict:
+    """What a run trains on, as _Run records it."""
+    return {"bank_rows": len(bank), "layout_hash": bank.layout_hash, "normaliser": norm.hash}
 
 
 def train_vae(
@@ -180,8 +204,8 @@ def train_vae(
     `stop_at` ends this run early at that step with a checkpoint (returns None): long trainings
     then proceed in time-boxed pieces.
     """
-    run = _Run(Path(out_dir), config, "vae")
     bank, norm = _bank_and_normaliser(Path(bank_path))
+    run = _Run(Path(out_dir), config, "vae", _data_of(bank, norm))
     torch.manual_seed(config.seed)
     model = LoraVAE(
         LoraVAEConfig(
@@ -315,8 +339,8 @@ def train_prior(
     `stop_at` ends this run early at that step with a checkpoint (returns None).
     """
     check_target(config.target)
-    run = _Run(Path(out_dir), config, "prior")
     bank, norm = _bank_and_normaliser(Path(bank_path))
+    run = _Run(Path(out_dir), config, "prior", _data_of(bank, norm))
     table = ConditionTable.load(conditions_path)
     check_same_domain(
         f"bank {bank.path}",

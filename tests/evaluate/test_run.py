@@ -138,3 +138,28 @@ def test_optimize_images_are_keyed_by_what_optimize_uses():
     (opt_a, diff_a), (opt_b, diff_b) = tags(prior("aaaa")), tags(prior("bbbb"))
     assert opt_a == opt_b and diff_a == "aaaa" and diff_b == "bbbb"
     assert tags(prior("aaaa", std=2.0))[0] != opt_a
+
+
+def test_baseline_images_are_keyed_by_the_bank(tmp_path):
+    """nearest/lincomb/ridge draw on the bank's rows: a grown bank (500 -> 1,500 faces
+    subjects) gets fresh baseline images, never the smaller bank's; base and trained don't."""
+    from types import SimpleNamespace
+
+    from lorasynth.evaluate.run import BANK_METHODS, Evaluation
+
+    layout = LoraLayout.from_shapes({"attn1.to_q": (4, 6, 1)})
+
+    def tags(bank):
+        ev = Evaluation.__new__(Evaluation)
+        synth = SimpleNamespace(bank=bank, normaliser=Normaliser.load(bank.path / NORMALISER_FILE))
+        ev.m = SimpleNamespace(synth=synth, variants={})
+        return {m: ev.prior_tag(m) for m in (*BANK_METHODS, "base", "trained")}
+
+    seeds = identity_seeds("train", 6)
+    small = tags(_bank(tmp_path / "small", layout, seeds[:4]))
+    grown = tags(_bank(tmp_path / "grown", layout, seeds))
+    assert small["base"] == small["trained"] == "" == grown["base"]
+    assert small["nearest"] == small["lincomb"] == small["ridge"]
+    assert small["nearest"].startswith("bank4-") and grown["nearest"].startswith("bank6-")
+    assert small["nearest"] != grown["nearest"]
+    assert tags(Bank(tmp_path / "small")) == small  # the same bank, the same images

@@ -54,8 +54,8 @@ def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_pa
     ablations = {"diffusion-raw", "diffusion-latent2", "diffusion-bank2"}
     assert set(methods) == {"base", "nearest", "diffusion", "trained"} | ablations
     curves = saved["ablations"]
-    assert list(curves["bank_size"]) == ["2", "3"]  # 3: the default prior, on the whole bank
-    assert curves["bank_size"]["3"]["method"] == "diffusion"
+    assert list(curves["bank_size"]) == ["2", "4"]  # 4: the default prior, on the full bank
+    assert curves["bank_size"]["4"]["method"] == "diffusion"
     assert curves["bank_size"]["2"]["id_sim_mean"] == methods["diffusion-bank2"]["id_sim_mean"]
     assert list(curves["latent_size"]) == ["2", "4"] and list(curves["representation"]) == [
         "raw",
@@ -74,7 +74,9 @@ def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_pa
     diffusion = {n for n in cached if n.startswith("photos1-diffusion")}
     assert len(diffusion) == 4 and all("@" in n for n in diffusion)
     assert len({n.split("@")[1] for n in diffusion}) == 4  # four priors, four hashes
-    assert {"photos1-base.npz", "photos1-nearest.npz", "photos1-trained.npz"} <= cached
+    assert {"photos1-base.npz", "photos1-trained.npz"} <= cached
+    # nearest draws on the full train bank (4 rows, in build/): its images are keyed by it
+    assert any(n.startswith("photos1-nearest@bank4-") for n in cached)
 
     domain_report = (out / "products" / "report.md").read_text()
     assert domain_report.startswith("# lorasynth evaluation (mini-world, products)")
@@ -100,7 +102,9 @@ def test_models_of_another_domain_or_absent_are_refused(tiny_products_world, tmp
     assert models.eval_embedder.embedder_id.startswith("mini-style-eval/")
     with pytest.raises(LorasynthError, match="is domain 'products' but the evaluation is domain"):
         evaluate(tmp_path / "x", EvalConfig(identities=2, **TINY), models, progress=False)
-    with pytest.raises(LorasynthError, match="3 held-out products subjects, 4 asked for"):
+    with pytest.raises(
+        LorasynthError, match="3 held-out products subjects, 4 asked for.*--stage heldout"
+    ):
         evaluate(tmp_path / "x", EvalConfig(identities=4, domain="products", **TINY), models, False)
 
 

@@ -65,6 +65,20 @@ def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
     from lorasynth.evaluate.run import heldout_bank
 
     assert heldout_bank(get_domain("products")).path == full.path
+    # So does the full train bank; both carry the normaliser fitted on all of it, and their
+    # conditions, so the prior trained on the full bank loads against the shipped one.
+    build = tiny_world / "build" / "mini-world" / "products"
+    full_train = Bank(build / "bank")
+    assert len(full_train) == 4 and list(bank.ids) == list(full_train.ids)[:3]
+    assert manifest["stages"]["bank"]["measured"]["identities_built"] == 4
+    for name in ("normaliser.safetensors", "conditions.safetensors"):
+        assert (build / "bank" / name).is_file() and (root / "bank" / name).is_file()
+    assert (build / "bank" / "normaliser.safetensors").read_bytes() == (
+        root / "bank" / "normaliser.safetensors"
+    ).read_bytes()
+    assert len(ConditionTable.load(build / "bank" / "conditions.safetensors").ids) == 4
+    assert get_domain("products").fullest_bank("bank") == build / "bank"
+    assert "build/mini-world/products/bank" not in json.dumps(manifest["files"])
     # The heldout stage scores its trained LoRAs (issue 4's acceptance) next to the base model.
     acceptance = manifest["stages"]["bank-heldout"]["measured"]["acceptance"]
     for row in (acceptance["trained"], acceptance["base"]):
@@ -152,7 +166,8 @@ def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
         )
 
     info = wb.world_info("products")
-    assert info["domain"] == "products" and info["identities_train"] == 3
+    assert info["domain"] == "products" and info["identities_train"] == 4
+    assert info["identities_train_shipped"] == 3 and info["identities_heldout_shipped"] == 2
     assert info["embedders"] == ["mini-style", "mini-style-eval"]
     assert wb.world_info()["identities_train"] == 0  # faces: nothing built here
 

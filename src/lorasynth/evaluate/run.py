@@ -60,6 +60,7 @@ PROMPT_NUISANCES = {
     "products": ("", "blue background", "tilted left, on a table, red background"),
 }
 SYNTH_METHODS = ("nearest", "lincomb", "ridge", "diffusion", "optimize")
+BANK_METHODS = ("nearest", "lincomb", "ridge")  # draw on the bank's rows
 # What evaluate reads from a domain's asset folder, in build order: (file, `world build` stages).
 REQUIRED_FILES = (
     ("embedders/{conditioner}.safetensors", ("embedders",)),
@@ -183,7 +184,13 @@ class EvalModels:
         if missing:
             raise LorasynthError(missing)
         root = dom.root()
-        synth = Synthesizer.load(domain=dom.name)
+        # The bank the priors were trained on (build/ when it outgrew what ships): the
+        # baselines then draw on the same subjects as the prior.
+        synth = Synthesizer.load(
+            bank=dom.fullest_bank("bank"),
+            prior=root / "synthesis" / "prior.safetensors",
+            domain=dom.name,
+        )
         heldout = heldout_bank(dom)
         variants = {}
         for path in sorted((root / "synthesis" / "priors").glob("prior-*.safetensors")):
@@ -238,15 +245,10 @@ class EvalModels:
 
 
 def heldout_bank(domain: Domain) -> Bank | None:
-    """The held-out subjects' trained LoRAs: the full bank `world build --stage heldout` left
-    in build/ when it holds more than the shipped one (whose rows are its first), else the
-    shipped one; None when neither exists."""
-    banks = [
-        Bank(path)
-        for path in (domain.build_root() / "bank-heldout", domain.root() / "bank-heldout")
-        if (path / "manifest.json").is_file()
-    ]
-    return max(banks, key=len) if banks else None
+    """The held-out subjects' trained LoRAs: the fullest bank (Domain.fullest_bank); None when
+    there is none."""
+    path = domain.fullest_bank("bank-heldout")
+    return Bank(path) if (path / "manifest.json").is_file() else None
 
 
 def cache_key(models: EvalModels, config: EvalConfig) -> str:
@@ -294,7 +296,9 @@ class Evaluation:
         if models.heldout is not None and config.identities > len(models.heldout):
             raise LorasynthError(
                 f"{models.heldout.path}: {len(models.heldout)} held-out {dom.name} subjects, "
-                f"{config.identities} asked for; use --identities {len(models.heldout)} or fewer"
+                f"{config.identities} asked for; use --identities {len(models.heldout)} or "
+                f"fewer, or train the rest with `lorasynth world build --domain {dom.name} "
+                "--stage heldout`"
             )
         self.embed = lambda images: embed_images(models.eval_embedder, images)
         self.cache_dir = self.out / "cache" / cache_key(models, config)
@@ -391,7 +395,18 @@ class Evaluation:
         if method.startswith("diffusion"):
             prior = self.m.variants.get(method) or self.m.synth.prior
             return prior.name.rpartition(":")[2] if prior is not None else ""
+        if method in BANK_METHODS:
+            return self.bank_tag()
         return ""
+
+    def bank_tag(self) -> str:
+        """A hash of the bank the baselines draw on (its rows, by shard hash, and normaliser):
+        a grown bank makes fresh baseline images, never reuses the smaller bank's."""
+        bank = self.m.synth.bank
+        digest = hashlib.sha256(self.m.synth.normaliser.hash.encode())
+        for shard in bank.shards:
+            digest.update(shard.sha256.encode())
+        return f"bank{len(bank)}-{digest.hexdigest()[:12]}"
 
     def cache_path(self, setting: str, method: str) -> Path:
         tag = self.prior_tag(method)

@@ -106,14 +106,15 @@ def build_ablations(
     progress: bool = True,
     calibration_subjects: int = 0,
 ) -> dict:
-    """Train every ablation of the domain's shipped bank; returns {name: what was built}.
+    """Train every ablation on the domain's full bank (the shipped prior's, see
+    Domain.fullest_bank); returns {name: what was built}.
 
     With `calibration_subjects`, each prior's strength is chosen on that many validation
     subjects like the shipped priors' (world.calibrate), so the comparison is like for like."""
     from lorasynth.world.synthesis_build import calibrate_prior, strength_metadata
 
     dom = get_domain(domain)
-    bank_path = dom.root() / "bank"
+    bank_path = dom.fullest_bank("bank")
     bank = Bank(bank_path)
     runs = dom.build_root() / "synthesis"
     out = ablations_root(dom)

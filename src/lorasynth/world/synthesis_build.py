@@ -122,7 +122,8 @@ def calibrate_prior(
     from lorasynth.world.pipeline_io import load_pipeline
 
     dom = get_domain(domain)
-    synth = Synthesizer.load(bank=dom.root() / "bank")  # no shipped prior: it may be stale
+    # The bank the prior was trained on, without the shipped prior (which may be stale).
+    synth = Synthesizer.load(bank=dom.fullest_bank("bank"))
     prior = Prior.load(trained, synth.bank, synth.normaliser, synth.embedder.embedder_id, vae)
     cache = run / "calibration.json"
     if cache.is_file():
@@ -143,9 +144,10 @@ def build_synthesis_models(
     config: SynthesisBuildConfig, resume: bool = True, progress: bool = True, domain: str = "faces"
 ) -> dict:
     """Train every prior variant (and the LoRA VAE if one of them decodes through it) on the
-    domain's bank; returns where each landed (assets/mini-world[/<domain>]/synthesis/)."""
+    domain's full bank (Domain.fullest_bank: build/ when more was trained than ships); returns
+    where each landed (assets/mini-world[/<domain>]/synthesis/)."""
     dom = get_domain(domain)
-    bank = dom.root() / "bank"
+    bank = dom.fullest_bank("bank")
     out = dom.root() / "synthesis"
     runs = dom.build_root() / "synthesis"
     out.mkdir(parents=True, exist_ok=True)
