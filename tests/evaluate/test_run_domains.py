@@ -103,7 +103,7 @@ def test_models_of_another_domain_or_absent_are_refused(tiny_products_world, tmp
     with pytest.raises(LorasynthError, match="is domain 'products' but the evaluation is domain"):
         evaluate(tmp_path / "x", EvalConfig(identities=2, **TINY), models, progress=False)
     with pytest.raises(
-        LorasynthError, match="3 held-out products subjects, 4 asked for.*--stage heldout"
+        LorasynthError, match=r"3 held-out products subjects, 4 asked for.*--stage heldout"
     ):
         evaluate(tmp_path / "x", EvalConfig(identities=4, domain="products", **TINY), models, False)
 
