@@ -55,8 +55,10 @@ TINY_PRODUCTS = wb.WorldConfig(
         priors={"adalora-v": {}},
         calibration_subjects=2,
     ),
-    # One of each kind: raw vectors, a 2-wide latent, the first 2 of the 3 subjects.
-    ablations=AblationConfig(representations=("raw",), latent_sizes=(2,), bank_sizes=(2, 5)),
+    # One of each kind: raw vectors, a 2-wide latent, the first 2 subjects, the x0 target.
+    ablations=AblationConfig(
+        representations=("raw",), latent_sizes=(2,), bank_sizes=(2, 5), targets=("x0",)
+    ),
 )
 
 

@@ -51,7 +51,7 @@ def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_pa
     assert cfg["embedder_eval"].startswith("mini-style-eval/")
     methods = saved["methods"]
     # One shipped prior (the default) and the three ablation priors that the build stage made.
-    ablations = {"diffusion-raw", "diffusion-latent2", "diffusion-bank2"}
+    ablations = {"diffusion-raw", "diffusion-latent2", "diffusion-bank2", "diffusion-x0"}
     assert set(methods) == {"base", "nearest", "diffusion", "trained"} | ablations
     curves = saved["ablations"]
     assert list(curves["bank_size"]) == ["2", "4"]  # 4: the default prior, on the full bank
@@ -61,6 +61,8 @@ def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_pa
         "raw",
         "vae",
     ]
+    assert list(curves["target"]) == ["v", "x0"]  # v: the default prior's own target
+    assert curves["target"]["x0"]["method"] == "diffusion-x0"
     assert "not_built" not in curves
     assert methods["diffusion-latent2"]["latent_bytes"] == 8  # its own 2-wide VAE
     assert "absent" not in methods["diffusion"] and methods["diffusion"]["latent_bytes"] == 16
@@ -72,8 +74,8 @@ def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_pa
     # a new or retrained prior never invalidates (or reuses) another method's images.
     cached = {p.name for p in (out / "products" / "cache").glob("*/photos1-*.npz")}
     diffusion = {n for n in cached if n.startswith("photos1-diffusion")}
-    assert len(diffusion) == 4 and all("@" in n for n in diffusion)
-    assert len({n.split("@")[1] for n in diffusion}) == 4  # four priors, four hashes
+    assert len(diffusion) == 5 and all("@" in n for n in diffusion)
+    assert len({n.split("@")[1] for n in diffusion}) == 5  # five priors, five hashes
     assert {"photos1-base.npz", "photos1-trained.npz"} <= cached
     # nearest draws on the full train bank (4 rows, in build/): its images are keyed by it
     assert any(n.startswith("photos1-nearest@bank4-") for n in cached)
@@ -85,6 +87,7 @@ def test_every_domain_into_its_folder_and_one_report(tiny_products_world, tmp_pa
     assert grid_columns == "columns: reference | base | nearest | diffusion | trained\n"
     assert (out / "products" / "plots" / "ablations.png").is_file()
     assert "## Bank size" in domain_report and "| 2 | diffusion-bank2 |" in domain_report
+    assert "## Prediction target" in domain_report and "| x0 | diffusion-x0 |" in domain_report
     report = (out / "report.md").read_text()
     faces, products = report.split("## faces")[1].split("## products")
     assert "Not evaluated: the faces models are not built" in faces

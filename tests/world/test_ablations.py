@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lorasynth.train import PriorTrainConfig
 from lorasynth.world.ablations import AblationConfig, ablations_for, default_values
 from lorasynth.world.build import WORLD
@@ -11,19 +13,29 @@ def test_ablations_of_a_ridge_default_prior():
     prior = WORLD.synthesis.prior
     assert prior.representation == "ridge"
     found = {ab.name: ab for ab in ablations_for(AblationConfig(), 500, prior)}
-    assert set(found) == {"vae", "pca", "raw", "latent32", "latent64", "bank250"}
+    assert set(found) == {"vae", "pca", "raw", "latent32", "latent64", "bank250", "eps", "x0"}
     assert found["vae"].vae == {} and found["pca"].vae is None  # a VAE prior trains its VAE
     assert found["latent32"].prior == {"pca_dim": 32} and found["latent32"].vae is None
+    # the targets keep everything else (ridge, mixup...): methods diffusion-eps / diffusion-x0
+    assert found["eps"].prior == {"target": "eps"} and found["eps"].method == "diffusion-eps"
+    assert (found["x0"].group, found["x0"].value) == ("target", "x0")
     assert default_values("ridge", 128, 500) == {
         "representation": "ridge",
         "latent_size": "128",
         "bank_size": "500",
+        "target": "v",
     }
+    # bank sizes below the bank's are built: at 1,500 subjects, 250 / 500 / 1,000
+    grown = {ab.name for ab in ablations_for(AblationConfig(), 1500, prior)}
+    assert {"bank250", "bank500", "bank1000"} <= grown
 
 
 def test_ablations_of_a_vae_default_prior():
     found = {ab.name: ab for ab in ablations_for(AblationConfig(), 500, PriorTrainConfig())}
-    assert set(found) == {"pca", "raw", "latent32", "latent64", "bank250"}
+    assert set(found) == {"pca", "raw", "latent32", "latent64", "bank250", "eps", "x0"}
+    # an eps default prior's target ablations are the other two
+    eps = replace(PriorTrainConfig(), target="eps")
+    assert {ab.name for ab in ablations_for(AblationConfig(), 500, eps)} >= {"v", "x0"}
     assert found["latent32"].vae == {"latent_dim": 32} and found["latent32"].prior == {}
 
 

@@ -106,7 +106,7 @@ def test_every_stage_runs_for_products_into_its_own_folder(tiny_world):
 
     # Ablation priors: in build/, not shipped; bank sizes at or above the bank's are skipped.
     ablations = tiny_world / "build" / "mini-world" / "products" / "synthesis-ablations"
-    assert sorted(p.name for p in ablations.iterdir()) == ["bank2", "latent2", "raw"]
+    assert sorted(p.name for p in ablations.iterdir()) == ["bank2", "latent2", "raw", "x0"]
     assert (ablations / "latent2" / "lora-vae.safetensors").is_file()
     assert not (ablations / "raw" / "lora-vae.safetensors").exists()
     assert load_prior(ablations / "raw" / "prior.safetensors")[1].representation == "raw"

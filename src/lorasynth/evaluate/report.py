@@ -112,6 +112,7 @@ CURVES = (
     ("representation", "What the prior models (VAE latent vs PCA coefficients vs raw vectors)"),
     ("latent_size", "LoRA VAE latent size"),
     ("bank_size", "Bank size: subjects the prior was trained on (scaling curve)"),
+    ("target", "Prediction target (eps vs x0 vs v)"),
 )
 
 

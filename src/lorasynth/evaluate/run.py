@@ -695,14 +695,15 @@ CURVE_KEYS = ("id_sim_mean", "id_sim_ci95", "normalised_fidelity", "top1", "time
 
 
 def ablation_curves(rows: dict[str, dict], models: EvalModels) -> dict:
-    """Representation, latent size and bank size: each a {value: scores} curve whose default
+    """Representation, latent size, bank size and target: each a {value: scores} curve whose default
     point is the shipped prior's own row; a group with no built model is named in not_built."""
     from lorasynth.world.ablations import GROUPS, default_values
 
     prior = models.synth.prior
     latent = prior.representation.dim if prior is not None else 0
     kind = prior.representation.kind if prior is not None else "vae"
-    defaults = default_values(kind, latent, len(models.synth.bank))
+    target = prior.model.config.target if prior is not None else "v"
+    defaults = default_values(kind, latent, len(models.synth.bank), target)
     curves: dict = {"not_built": []}
     for group in GROUPS:
         members = {
