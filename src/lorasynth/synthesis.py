@@ -180,7 +180,7 @@ class Synthesizer:
             check_same_domain(f"bank {bank.path}", bank.domain, what, made_for)
         self.faces = as_face_embedder(embedder)
         table = ConditionTable.load(bank.path / CONDITIONS_FILE, embedder.embedder_id)
-        self.bank_embeddings = table.mean_embeddings()[table.index_for(bank.ids)]
+        self.bank_embeddings = table.mean_embeddings_for(bank.ids)
         self.prior = prior
         self.lincomb_k = lincomb_k
         self.lincomb_ridge = lincomb_ridge

@@ -272,7 +272,7 @@ def _representation(
         rows = min(len(bank), 20_000)
         sample = norm.encode(bank.vectors(0, rows))
         if config.representation == "ridge":
-            cond = table.mean_embeddings()[table.index_for(bank.ids[:rows])]
+            cond = table.mean_embeddings_for(bank.ids[:rows])
             rep = RidgeRepresentation.fit_predictable(sample, cond, config.pca_dim)
         else:
             rep = PcaRepresentation.fit(sample, config.pca_dim, config.seed)
@@ -293,7 +293,7 @@ def _fit_linear_skip(
 ) -> LinearSkip:
     """Ridge regression of the bank's latents on its subjects' mean embeddings."""
     latents = torch.cat([rep.encode(norm.encode(b)) for b in bank.iter_batches(1024)])
-    cond = table.mean_embeddings()[table.index_for(bank.ids)]
+    cond = table.mean_embeddings_for(bank.ids)
     return LinearSkip.fit(cond, latents)
 
 
@@ -311,7 +311,7 @@ def _latent_stats(
         torch.zeros(rep.dim, dtype=torch.float64),
         torch.zeros(rep.dim, dtype=torch.float64),
     )
-    cond = table.mean_embeddings()[table.index_for(bank.ids)] if skip is not None else None
+    cond = table.mean_embeddings_for(bank.ids) if skip is not None else None
     for batch in bank.iter_batches(1024):
         x = rep.encode(norm.encode(batch)).double()
         if skip is not None:

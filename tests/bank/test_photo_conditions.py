@@ -48,3 +48,11 @@ def test_conditions_from_photo_folders(tmp_path, tiny_unet):
         ),
         "no photos for bank row",
     )
+
+
+def test_mean_embeddings_follow_the_asked_order():
+    emb = torch.nn.functional.normalize(torch.randn(3, 2, 4), dim=-1)
+    table = ConditionTable(["a", "b", "c"], emb, "test-embedder")
+    means = table.mean_embeddings_for(["c", "a"])
+    assert torch.allclose(means, table.mean_embeddings()[[2, 0]])
+    assert torch.allclose(means.norm(dim=-1), torch.ones(2))

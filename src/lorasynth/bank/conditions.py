@@ -71,3 +71,7 @@ class ConditionTable:
     def mean_embeddings(self) -> torch.Tensor:
         """One L2-normalised embedding per row: the mean over its photos."""
         return torch.nn.functional.normalize(self.embeddings.mean(1), dim=-1)
+
+    def mean_embeddings_for(self, ids: list[str]) -> torch.Tensor:
+        """`mean_embeddings` of `ids`, in their order (e.g. a bank's rows)."""
+        return self.mean_embeddings()[self.index_for(ids)]
