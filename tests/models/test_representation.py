@@ -33,7 +33,19 @@ def test_ridge_basis_spans_what_the_condition_predicts_and_pca_does_not():
     torch.testing.assert_close(ridge.decode(ridge.encode(z)).mean(0), z.mean(0))
 
 
-def test_ridge_dimension_is_bounded_by_the_embedding():
+def test_past_the_embedding_the_basis_adds_what_the_fit_leaves():
     cond, z, _ = _data(emb=4)
-    with pytest.raises(LorasynthError, match="ridge dimension 5"):
-        RidgeRepresentation.fit_predictable(z, cond, 5)
+    four = RidgeRepresentation.fit_predictable(z, cond, 4)
+    seven = RidgeRepresentation.fit_predictable(z, cond, 7)
+    assert torch.allclose(seven.components @ seven.components.T, torch.eye(7), atol=1e-5)
+    torch.testing.assert_close(seven.components[:4], four.components)  # ridge first
+
+    # the 3 added directions hold the condition-independent ("loud") variance: with them
+    # the basis reconstructs z, which the 4 predictable ones cannot
+    def error(rep):
+        return float((rep.decode(rep.encode(z)) - z).pow(2).mean())
+
+    assert error(seven) < 1e-6 < error(four)
+    assert torch.equal(RidgeRepresentation.fit_predictable(z, cond, 7).components, seven.components)
+    with pytest.raises(LorasynthError, match="ridge dimension 31"):
+        RidgeRepresentation.fit_predictable(z, cond, 31)

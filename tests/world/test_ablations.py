@@ -13,7 +13,17 @@ def test_ablations_of_a_ridge_default_prior():
     prior = WORLD.synthesis.prior
     assert prior.representation == "ridge"
     found = {ab.name: ab for ab in ablations_for(AblationConfig(), 500, prior)}
-    assert set(found) == {"vae", "pca", "raw", "latent32", "latent64", "bank250", "eps", "x0"}
+    assert set(found) == {
+        "vae",
+        "pca",
+        "raw",
+        "latent32",
+        "latent64",
+        "latent256",
+        "bank250",
+        "eps",
+        "x0",
+    }
     assert found["vae"].vae == {} and found["pca"].vae is None  # a VAE prior trains its VAE
     assert found["latent32"].prior == {"pca_dim": 32} and found["latent32"].vae is None
     # the targets keep everything else (ridge, mixup...): methods diffusion-eps / diffusion-x0
@@ -32,7 +42,7 @@ def test_ablations_of_a_ridge_default_prior():
 
 def test_ablations_of_a_vae_default_prior():
     found = {ab.name: ab for ab in ablations_for(AblationConfig(), 500, PriorTrainConfig())}
-    assert set(found) == {"pca", "raw", "latent32", "latent64", "bank250", "eps", "x0"}
+    assert set(found) == {"pca", "raw", "latent32", "latent64", "latent256", "bank250", "eps", "x0"}
     # an eps default prior's target ablations are the other two
     eps = replace(PriorTrainConfig(), target="eps")
     assert {ab.name for ab in ablations_for(AblationConfig(), 500, eps)} >= {"v", "x0"}

@@ -131,15 +131,27 @@ class RidgeRepresentation(PcaRepresentation):
     ) -> RidgeRepresentation:
         """The k principal directions of a ridge regression of z (N, D) on cond (N, E).
 
-        k is at most min(N, E): the fit's rank."""
-        if k > min(cond.shape):
+        Past the fit's rank min(N, E), the rest are the principal directions of what the fit
+        leaves (z less its projection on the first ones): a prior over them is no longer
+        confined to the span a linear map of the condition reaches."""
+        if k > min(z.shape):
             raise LorasynthError(
-                f"ridge dimension {k} exceeds the fit's rank min(rows, embedding) = {min(cond.shape)}"
+                f"ridge dimension {k} exceeds min(rows, values) = {min(z.shape)} of the bank"
             )
         centre, weights, mean = ridge_regression(cond, [z], ridge * len(cond))
         fitted = (cond.double() - centre) @ weights  # (N, D), rank <= E
         _, _, vh = torch.linalg.svd(fitted, full_matrices=False)
-        return cls(mean.float(), vh[:k].float().contiguous())
+        basis = vh[: min(k, *cond.shape)]
+        if k > len(basis):
+            centred = z.double() - mean
+            residual = centred - (centred @ basis.T) @ basis
+            extra = k - len(basis)
+            with torch.random.fork_rng():  # pca_lowrank's random sketch, fixed, in private
+                torch.manual_seed(0)
+                q = min(extra + 10, min(z.shape))
+                _, _, v = torch.pca_lowrank(residual, q=q, center=False, niter=4)
+            basis = torch.cat([basis, v[:, :extra].T])
+        return cls(mean.float(), basis.float().contiguous())
 
 
 class LinearSkip:

@@ -35,7 +35,7 @@ GROUPS = ("representation", "latent_size", "bank_size", "target")
 @dataclass(frozen=True)
 class AblationConfig:
     representations: tuple[str, ...] = ("vae", "pca", "raw")  # the default's own is skipped
-    latent_sizes: tuple[int, ...] = (32, 64)
+    latent_sizes: tuple[int, ...] = (32, 64, 256)  # past 128 (the embedding): + residual PCA
     bank_sizes: tuple[int, ...] = (250, 500, 1000)  # those below the bank's size are built
     # Prediction targets (issue 5: eps vs x0 vs v); the default's own is skipped. Their
     # methods are diffusion-eps / diffusion-x0, the names issue 6's results.json asks for.
