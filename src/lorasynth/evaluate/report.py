@@ -110,7 +110,7 @@ def write_report(out: Path, results: dict, ev) -> Path:
 
 CURVES = (
     ("representation", "What the prior models (VAE latent vs PCA coefficients vs raw vectors)"),
-    ("latent_size", "LoRA VAE latent size"),
+    ("latent_size", "Latent size: directions the prior diffuses over (VAE latent or basis)"),
     ("bank_size", "Bank size: subjects the prior was trained on (scaling curve)"),
     ("target", "Prediction target (eps vs x0 vs v)"),
 )
