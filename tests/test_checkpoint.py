@@ -45,3 +45,24 @@ def test_resume_continues_exactly(tmp_path):
     _train(model2, optim2, 5, gen2)
     for a, b in zip(model2.parameters(), expected, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_info_reads_the_header_alone(tmp_path):
+    import pytest
+
+    from lorasynth.checkpoint import training_state_info
+    from lorasynth.errors import LorasynthError
+    from lorasynth.lora.safetensors_io import save_tensors
+
+    model, _ = _model_and_optim(0)
+    path = tmp_path / "s.safetensors"
+    save_training_state(
+        path, step=3, modules={"model": model}, config={"lr": 1}, extra={"data": {"rows": 2}}
+    )
+    full = load_training_state(path)
+    info = training_state_info(path)
+    assert info == {k: full[k] for k in ("step", "config", "extra")}
+    assert info["extra"]["data"] == {"rows": 2}
+    save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(1)}, {"kind": "lora"})
+    with pytest.raises(LorasynthError, match="not a lorasynth training state"):
+        training_state_info(tmp_path / "other.safetensors")

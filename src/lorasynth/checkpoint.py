@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from lorasynth.errors import LorasynthError
-from lorasynth.lora.safetensors_io import load_tensors, save_tensors
+from lorasynth.lora.safetensors_io import load_tensors, read_header, save_tensors
 
 
 def save_training_state(
@@ -59,6 +59,23 @@ def save_training_state(
     return Path(path)
 
 
+def training_state_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Step, config and extra of a training state, from its header alone (no tensors read):
+    what a resume checks before restoring anything."""
+    meta = read_header(path)[0].get("__metadata__", {})
+    _check_kind(path, meta)
+    return {
+        "step": int(meta["step"]),
+        "config": json.loads(meta["config"]),
+        "extra": json.loads(meta["extra"]),
+    }
+
+
+def _check_kind(path: str | os.PathLike[str], meta: Mapping[str, str]) -> None:
+    if meta.get("kind") != "lorasynth-training-state":
+        raise LorasynthError(f"{path}: not a lorasynth training state")
+
+
 def load_training_state(
     path: str | os.PathLike[str],
     *,
@@ -67,8 +84,7 @@ def load_training_state(
 ) -> dict[str, Any]:
     """Restore modules and optimizers in place; returns step, config, extra and loose tensors."""
     stored, meta = load_tensors(path)
-    if meta.get("kind") != "lorasynth-training-state":
-        raise LorasynthError(f"{path}: not a lorasynth training state")
+    _check_kind(path, meta)
     for name, module in modules.items():
         prefix = f"module/{name}/"
         state = {k[len(prefix) :]: v for k, v in stored.items() if k.startswith(prefix)}

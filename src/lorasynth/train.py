@@ -20,7 +20,7 @@ from tqdm import tqdm
 from lorasynth.atomic import write_json_atomic
 from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
 from lorasynth.bank.conditions import ConditionTable
-from lorasynth.checkpoint import load_training_state, save_training_state
+from lorasynth.checkpoint import load_training_state, save_training_state, training_state_info
 from lorasynth.domains import check_same_domain
 from lorasynth.errors import LorasynthError
 from lorasynth.models.denoiser import Denoiser, DenoiserConfig
@@ -149,15 +149,17 @@ def _bank_and_normaliser(bank_path: Path) -> tuple[Bank, Normaliser]:
 def _resume(run: _Run, resume: bool, modules: dict, optimizers: dict) -> int:
     state_path = run.out / STATE_FILE
     if resume and state_path.is_file():
-        # Compare configs before restoring weights, whose shapes may differ.
+        # Compare configs and data before restoring weights, whose shapes may differ; the
+        # header holds both, so the tensors are read once, by the restore.
+        info = training_state_info(state_path)
         # A field added since the checkpoint was written reads as its default.
-        saved = {**asdict(type(run.config)()), **load_training_state(state_path)["config"]}
+        saved = {**asdict(type(run.config)()), **info["config"]}
         if saved != asdict(run.config):
             raise LorasynthError(
                 f"{state_path}: was trained with another config; use a new --out or --no-resume"
             )
         # Runs from before data was recorded carry none: they resume as they did.
-        saved_data = load_training_state(state_path)["extra"].get("data")
+        saved_data = info["extra"].get("data")
         if saved_data and run.data and saved_data != run.data:
             raise LorasynthError(
                 f"{state_path}: was trained on other data ({_describe(saved_data)}; now "
