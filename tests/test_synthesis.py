@@ -219,3 +219,43 @@ def test_a_prior_files_strength_sets_its_loras_deviation(world, tmp_path):
     rms = synth.normaliser.std.double().norm()
     deviation = (v - synth.normaliser.mean).norm().double()
     torch.testing.assert_close(deviation, 0.5 * rms, rtol=1e-4, atol=0)
+
+
+def test_an_anchored_prior_adds_its_sample_to_lincombs_lora(world, tmp_path):
+    from lorasynth.synthesis import Prior
+
+    synth, photos, _, _ = world
+    path = train_prior(
+        synth.bank.path,
+        synth.bank.path / CONDITIONS_FILE,
+        tmp_path / "anchored",
+        PriorTrainConfig(
+            representation="pca",
+            pca_dim=5,
+            anchor="lincomb",
+            width=32,
+            depth=1,
+            adalora_rank=2,
+            cond_embed_dim=16,
+            steps=10,
+            batch_size=16,
+        ),
+        progress=False,
+    )
+    prior = Prior.load(path, synth.bank, synth.normaliser, synth.embedder.embedder_id, None)
+    cond = torch.stack([synth.embed([photos[i, 0]]) for i in (2, 9)])
+    sampled = synth.sample_prior(prior, cond, steps=4, guidance=1.0, seed=0)
+    anchor = synth.normaliser.encode(synth.lincomb_vectors(cond, prior.anchor))
+    residual = sampled - anchor  # what the prior adds lies in its basis' span
+    basis = prior.representation
+    torch.testing.assert_close(
+        residual, (residual @ basis.components.T) @ basis.components, atol=1e-4, rtol=1e-3
+    )
+    assert residual.norm() > 0
+    saved = synth.prior
+    try:
+        synth.prior = prior
+        result = synth.synthesize([photos[2, 0]], out=tmp_path / "a.safetensors")
+    finally:
+        synth.prior = saved
+    assert read_lora(result.path).layout().hash == LAYOUT.hash

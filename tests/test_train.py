@@ -265,11 +265,12 @@ def test_mixup_trains_on_mixes_of_two_subjects(tmp_path, monkeypatch):
     weights: list[torch.Tensor] = []
     original = train_module._mix
 
-    def spy(z, cond, *rest):
-        mixed_z, mixed_cond = original(z, cond, *rest)
+    def spy(batch, *rest):
+        mixed = original(batch, *rest)
+        z, (mixed_z, mixed_cond) = batch[0], mixed
         weights.append((mixed_z - z).abs().sum(1) > 0)
         assert torch.allclose(mixed_cond.norm(dim=-1), torch.ones(len(z)))
-        return mixed_z, mixed_cond
+        return mixed
 
     monkeypatch.setattr(train_module, "_mix", spy)
     config = replace(PRIOR_CFG, steps=4, representation="raw", checkpoint_every=100)
@@ -279,3 +280,42 @@ def test_mixup_trains_on_mixes_of_two_subjects(tmp_path, monkeypatch):
     share = torch.stack(weights).float().mean()
     assert 0.3 < share < 0.7, share
     assert _losses(tmp_path / "mix") != _losses(tmp_path / "plain")
+
+
+def test_anchored_prior_models_the_residual_around_leave_one_out_lincomb(tmp_path):
+    from lorasynth.lincomb import ANCHOR_KEY, LincombConfig
+    from lorasynth.synthesis import Prior
+
+    bank, cond = make_synthetic_bank(tmp_path)
+    cfg = replace(PRIOR_CFG, representation="pca", pca_dim=6, steps=10, anchor="lincomb", mixup=0.5)
+    path = train_prior(bank, cond, tmp_path / "p", cfg, progress=False)
+    _, _, extra, _ = load_prior(path)
+    assert LincombConfig.from_tensor(extra[ANCHOR_KEY]) == LincombConfig()
+    store, table = Bank(bank), ConditionTable.load(cond)
+    norm = Normaliser.load(store.path / NORMALISER_FILE)
+    basis = PcaRepresentation(extra["pca_mean"], extra["pca_components"])
+    latents = basis.encode(norm.encode(store.vectors()))
+    # The neighbours explain much of a smooth bank: residuals spread less than latents.
+    assert (extra["latent_std"] < latents.std(0)).all()
+
+    prior = Prior.load(path, store, norm, table.embedder_id, None)
+    assert prior.anchor == LincombConfig()
+    c = table.embeddings[:3, 0]
+    with pytest.raises(LorasynthError, match="give its anchor"):
+        prior.sample_normalised(c, 4, 1.0, seed=0)
+
+
+def test_an_anchor_needs_a_linear_representation(tmp_path):
+    bank, cond = make_synthetic_bank(tmp_path)
+    vae = train_vae(bank, tmp_path / "vae", replace(VAE_CFG, steps=2), progress=False)
+    cfg = replace(PRIOR_CFG, steps=2, anchor="lincomb")
+    with pytest.raises(LorasynthError, match="needs a linear representation"):
+        train_prior(bank, cond, tmp_path / "p", cfg, vae_path=vae, progress=False)
+    with pytest.raises(LorasynthError, match="unknown anchor"):
+        train_prior(
+            bank,
+            cond,
+            tmp_path / "q",
+            replace(cfg, anchor="knn", representation="raw"),
+            progress=False,
+        )

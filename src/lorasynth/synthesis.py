@@ -29,6 +29,7 @@ from lorasynth.domains import DOMAIN_KEY, check_same_domain, embedder_domain, ge
 from lorasynth.errors import LorasynthError
 from lorasynth.faces.embedders import MiniFaceEmbedder, as_face_embedder, load_face_embedder
 from lorasynth.faces.photos import Photo, load_photo
+from lorasynth.lincomb import ANCHOR_KEY, LincombConfig, lincomb_vectors
 from lorasynth.lora import LoraFile, unflatten, write_lora
 from lorasynth.lora.safetensors_io import read_header
 from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
@@ -44,7 +45,6 @@ from lorasynth.models.sampling import sample
 from lorasynth.models.store import load_prior, load_vae
 
 METHODS = ("diffusion", "nearest", "lincomb", "ridge", "optimize", "trained")
-LINCOMB_TEMPERATURE = 0.05  # softmax temperature over cosine similarities (lincomb's norm)
 RIDGE_PENALTY = 1e-2  # on the Gram matrix of centred unit embeddings
 # A linear map's predictions for unseen subjects shrink toward the bank mean (0.34 of the bank's
 # RMS deviation on v1 faces), and identity needs a LoRA's deviation, though not more: its
@@ -96,6 +96,9 @@ class Prior:
     # Deviation of its LoRAs as a fraction of the bank's (with_strength); None: as sampled.
     strength: float | None = None
     skip: LinearSkip | None = None  # a linear map from condition to latent, added when sampling
+    # Trained around lincomb's LoRA (PriorTrainConfig.anchor): samples are residuals added to
+    # the normalised lincomb vector of the condition, made with this config on the bank.
+    anchor: LincombConfig | None = None
 
     @classmethod
     def load(
@@ -135,12 +138,30 @@ class Prior:
             f"{path.stem}:{digest}",
             float(strength) if strength else None,
             LinearSkip.from_tensors(extra),
+            LincombConfig.from_tensor(extra[ANCHOR_KEY]) if ANCHOR_KEY in extra else None,
         )
 
     @torch.no_grad()
     def sample_normalised(
-        self, cond: torch.Tensor, steps: int, guidance: float, seed: int
+        self,
+        cond: torch.Tensor,
+        steps: int,
+        guidance: float,
+        seed: int,
+        temperature: float = 1.0,
+        anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Normalised vectors (B, D) for conditions (B, E). An anchored prior needs `anchor`:
+        the conditions' normalised lincomb vectors (Synthesizer.sample_prior makes them)."""
+        if (anchor is None) != (self.anchor is None):
+            raise LorasynthError(
+                f"prior {self.name} "
+                + (
+                    "samples around lincomb's LoRA: give its anchor"
+                    if anchor is None
+                    else "has no anchor"
+                )
+            )
         gen = torch.Generator().manual_seed(seed)
         x = sample(
             self.model,
@@ -151,10 +172,13 @@ class Prior:
             guidance,
             0.0,
             gen,
+            temperature,
         )
         latent = x * self.latent_std + self.latent_mean
         if self.skip is not None:
             latent = latent + self.skip(cond)
+        if anchor is not None:
+            return anchor + self.representation.decode_difference(latent)
         return self.representation.decode(latent)
 
 
@@ -267,7 +291,7 @@ class Synthesizer:
                     "no prior loaded: train one (`lorasynth train prior`) or pick --method nearest|lincomb"
                 )
             vectors = self.normaliser.decode(
-                self.prior.sample_normalised(cond, steps, guidance, seed)
+                self.sample_prior(self.prior, cond, steps, guidance, seed)
             )
             if self.prior.strength is not None:
                 vectors = with_strength(vectors, self.normaliser, self.prior.strength)
@@ -275,10 +299,26 @@ class Synthesizer:
         if method == "nearest":
             return self.vectors[(cond @ self.bank_embeddings.T).argmax(dim=1)]
         if method == "lincomb":
-            return torch.stack([self._lincomb(c) for c in cond])
+            return self.lincomb_vectors(cond)
         if method == "ridge":
             return with_strength(self.ridge_vectors(cond), self.normaliser, RIDGE_STRENGTH)
         raise LorasynthError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+    def sample_prior(
+        self,
+        prior: Prior,
+        cond: torch.Tensor,
+        steps: int = PRIOR_STEPS,
+        guidance: float = PRIOR_GUIDANCE,
+        seed: int = 0,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """`prior`'s normalised vectors (B, D) for conditions (B, E), before strength; an
+        anchored prior's lincomb vectors are made on this bank."""
+        anchor = None
+        if prior.anchor is not None:
+            anchor = self.normaliser.encode(self.lincomb_vectors(cond, prior.anchor))
+        return prior.sample_normalised(cond, steps, guidance, seed, temperature, anchor)
 
     def optimize(
         self, photos: Sequence[Photo], seed: int = 0, steps: int | None = None
@@ -339,27 +379,17 @@ class Synthesizer:
             self._ridge = (centre.float(), weights.float())
         return self._ridge
 
-    def _lincomb(self, cond: torch.Tensor) -> torch.Tensor:
-        k = min(self.lincomb_k, len(self.bank))
-        nearest = (self.bank_embeddings @ cond).topk(k)
-        top = nearest.indices
-        basis = self.bank_embeddings[top].double()  # (k, E)
-        centre = self.bank_embeddings.mean(0).double()
-        # Ridge: find w with centre + (basis - centre)^T w ~ cond, small |w|.
-        deviations = basis - centre
-        gram = deviations @ deviations.T + self.lincomb_ridge * torch.eye(k, dtype=torch.float64)
-        w = torch.linalg.solve(gram, deviations @ (cond.double() - centre))
-        mean_vector = self.normaliser.mean.double()
-        # The mean is of sign-aligned vectors (if the normaliser aligns): align the neighbours too.
-        neighbours = self.normaliser.align(self.vectors[top]).double() - mean_vector
-        deviation = w @ neighbours
-        # A combination of many high-dimensional LoRAs shrinks towards the mean (measured on the
-        # mini-world: half the norm, ID similarity 0.10 vs 0.19 for nearest); give it the
-        # similarity-weighted norm of its neighbours' deviations (0.19 then).
-        closeness = torch.softmax(nearest.values.double() / LINCOMB_TEMPERATURE, 0)
-        target_norm = closeness @ neighbours.norm(dim=1)
-        deviation = deviation * (target_norm / deviation.norm().clamp_min(1e-12))
-        return (mean_vector + deviation).float()
+    def lincomb_vectors(
+        self, cond: torch.Tensor, config: LincombConfig | None = None
+    ) -> torch.Tensor:
+        """lincomb's vectors (B, D) for condition embeddings (B, E) (see lorasynth.lincomb)."""
+        return lincomb_vectors(
+            cond,
+            self.bank_embeddings,
+            lambda rows: self.normaliser.align(self.vectors[rows]),
+            self.normaliser.mean,
+            config or LincombConfig(self.lincomb_k, self.lincomb_ridge),
+        )
 
     def synthesize(
         self,

@@ -23,6 +23,7 @@ from lorasynth.bank.conditions import ConditionTable
 from lorasynth.checkpoint import load_training_state, save_training_state, training_state_info
 from lorasynth.domains import check_same_domain
 from lorasynth.errors import LorasynthError
+from lorasynth.lincomb import ANCHOR_KEY, LincombConfig, lincomb_vectors
 from lorasynth.models.denoiser import Denoiser, DenoiserConfig
 from lorasynth.models.diffusion import check_target, diffusion_loss, draw_times
 from lorasynth.models.representation import (
@@ -85,6 +86,11 @@ class PriorTrainConfig:
     # mixes teach it what lies between (on the faces bank the embedding-to-LoRA map is close
     # to linear: README, "v2").
     mixup: float = 0.0
+    # "lincomb": diffuse over the residual around lincomb's LoRA for the condition (made, for
+    # each bank subject, from the other subjects), so what the nearest subjects already give is
+    # given and the network models what they miss. Needs a linear representation (not vae);
+    # sampling then needs the bank (Synthesizer.sample_prior). "": none.
+    anchor: str = ""
 
 
 class _Run:
@@ -299,6 +305,62 @@ def _fit_linear_skip(
     return LinearSkip.fit(cond, latents)
 
 
+def _anchor_latents(
+    config: PriorTrainConfig,
+    rep: Representation,
+    bank: Bank,
+    norm: Normaliser,
+    table: ConditionTable,
+    n_subjects: int,
+    progress: bool,
+) -> torch.Tensor | None:
+    """(n_subjects, photos, latent) latents of each (subject, photo) condition's lincomb vector
+    made from the other subjects among the first n_subjects (None without an anchor)."""
+    if not config.anchor:
+        return None
+    if config.anchor != "lincomb":
+        raise LorasynthError(f"unknown anchor {config.anchor!r}; choose lincomb or none")
+    if not rep.linear:
+        raise LorasynthError(
+            f"anchor {config.anchor} needs a linear representation (raw, pca, ridge), not {rep.kind}"
+        )
+    embeddings = table.mean_embeddings_for(bank.ids)[:n_subjects]
+    cond_rows = table.index_for(bank.ids)[:n_subjects]
+    n_photos = table.embeddings.shape[1]
+    out = torch.empty(n_subjects, n_photos, rep.dim)
+    chunk = 64
+    for start in tqdm(
+        range(0, n_subjects, chunk), desc="lincomb anchors", disable=not progress, leave=False
+    ):
+        rows = torch.arange(start, min(start + chunk, n_subjects))
+        cond = table.embeddings[cond_rows[rows]].reshape(-1, table.embeddings.shape[-1])
+        vectors = lincomb_vectors(
+            cond.float(),
+            embeddings,
+            lambda idx: norm.align(bank.gather(idx.tolist())),
+            norm.mean,
+            LincombConfig(),
+            exclude=rows.repeat_interleave(n_photos),
+        )
+        out[rows] = rep.encode(norm.encode(vectors)).float().view(len(rows), n_photos, -1)
+    return out
+
+
+def _residual_stats(
+    rep: Representation, bank: Bank, norm: Normaliser, anchors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-coordinate mean/std of the residuals latent - anchor over every (subject, photo)."""
+    n_subjects = len(anchors)
+    latents = torch.cat(
+        [
+            rep.encode(norm.encode(bank.gather(list(range(s, min(s + 1024, n_subjects))))))
+            for s in range(0, n_subjects, 1024)
+        ]
+    )
+    residuals = (latents[:, None, :] - anchors).reshape(-1, rep.dim).double()
+    return residuals.mean(0).float(), residuals.std(0).clamp_min(1e-6).float()
+
+
 def _latent_stats(
     rep: Representation,
     bank: Bank,
@@ -353,7 +415,12 @@ def train_prior(
     cond_rows = table.index_for(bank.ids)
     rep = _representation(config, bank, norm, Path(vae_path) if vae_path else None, table)
     skip = _fit_linear_skip(rep, bank, norm, table) if config.linear_skip else None
-    mean, std = _latent_stats(rep, bank, norm, skip, table)
+    n_subjects = min(config.subjects, len(bank)) if config.subjects > 0 else len(bank)
+    anchors = _anchor_latents(config, rep, bank, norm, table, n_subjects, progress)
+    if anchors is not None:
+        mean, std = _residual_stats(rep, bank, norm, anchors)
+    else:
+        mean, std = _latent_stats(rep, bank, norm, skip, table)
     torch.manual_seed(config.seed)
     model = Denoiser(
         DenoiserConfig(
@@ -383,15 +450,18 @@ def train_prior(
         total=config.steps,
     )
     n_photos = table.embeddings.shape[1]
-    n_subjects = min(config.subjects, len(bank)) if config.subjects > 0 else len(bank)
     rep, mean, std = _on_device(rep, run.device), mean.to(run.device), std.to(run.device)
     skip = skip.to(run.device) if skip is not None else None
 
-    def fetch(rows: torch.Tensor, photos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's share of drawn (subject, photo) pairs: normalised vectors, conditions."""
-        local_rows = run.local(rows)
+    def fetch(rows: torch.Tensor, photos: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """This process's share of drawn (subject, photo) pairs: normalised vectors,
+        conditions (and the anchors' latents, with an anchor)."""
+        local_rows, local_photos = run.local(rows), run.local(photos)
         z = norm.encode(bank.gather(local_rows.tolist())).to(run.device)
-        return z, table.embeddings[cond_rows[local_rows], run.local(photos)].to(run.device)
+        cond = table.embeddings[cond_rows[local_rows], local_photos].to(run.device)
+        if anchors is None:
+            return z, cond
+        return z, cond, anchors[local_rows, local_photos].to(run.device)
 
     for step in bar:
         gen = run.step_generator(step)
@@ -402,12 +472,16 @@ def train_prior(
         drop = torch.rand(config.batch_size, generator=gen) < config.cond_dropout
         jitter = torch.randn(config.batch_size, rep.dim, generator=gen) * config.latent_noise
         dev = run.device
-        z, cond = fetch(rows, photos)
+        z, cond, *anchor = fetch(rows, photos)
         if config.mixup > 0:
-            z, cond = _mix(z, cond, fetch, gen, n_subjects, n_photos, config, run)
+            z, cond, *anchor = _mix(
+                (z, cond, *anchor), fetch, gen, n_subjects, n_photos, config, run
+            )
         latent = rep.encode(z) + run.local(jitter).to(dev)
         if skip is not None:
             latent = latent - skip(cond)
+        if anchor:
+            latent = latent - anchor[0]
         x0 = (latent - mean) / std
         local_drop = run.local(drop).to(dev)
         loss = diffusion_loss(
@@ -437,6 +511,8 @@ def train_prior(
         extra = {"latent_mean": mean, "latent_std": std}
         if skip is not None:
             extra.update(skip.tensors())
+        if anchors is not None:
+            extra[ANCHOR_KEY] = LincombConfig().tensor()
         if isinstance(rep, PcaRepresentation):
             extra.update(rep.tensors())
         provenance = Provenance(
@@ -448,20 +524,20 @@ def train_prior(
     return out
 
 
-def _mix(z, cond, fetch, gen, n_subjects: int, n_photos: int, config, run):
+def _mix(batch, fetch, gen, n_subjects: int, n_photos: int, config, run):
     """Mixup: a `config.mixup` fraction of the batch's rows become w * row + (1 - w) * another
-    subject's (`fetch`ed like the batch), for vectors and (re-normalised) conditions alike.
-    Drawn after the batch's other draws, so runs without mixup are unchanged."""
+    subject's (`fetch`ed like the batch), for vectors, (re-normalised) conditions and anchors
+    alike. Drawn after the batch's other draws, so runs without mixup are unchanged."""
     n = config.batch_size
     mixed = torch.rand(n, generator=gen) < config.mixup
     other_rows = torch.randint(n_subjects, (n,), generator=gen)
     other_photos = torch.randint(n_photos, (n,), generator=gen)
     weight = torch.where(mixed, torch.rand(n, generator=gen), torch.ones(n))
-    z2, c2 = fetch(other_rows, other_photos)
-    w = run.local(weight).to(z.device).unsqueeze(1)
-    z = w * z + (1 - w) * z2
-    cond = torch.nn.functional.normalize(w * cond + (1 - w) * c2, dim=-1)
-    return z, cond
+    others = fetch(other_rows, other_photos)
+    w = run.local(weight).to(batch[0].device).unsqueeze(1)
+    out = [w * mine + (1 - w) * other for mine, other in zip(batch, others, strict=True)]
+    out[1] = torch.nn.functional.normalize(out[1], dim=-1)  # the condition
+    return out
 
 
 def _on_device(rep: Representation, device: torch.device) -> Representation:

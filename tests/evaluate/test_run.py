@@ -128,6 +128,7 @@ def test_optimize_images_are_keyed_by_what_optimize_uses():
             representation=Representation(4),
             latent_mean=torch.zeros(4),
             latent_std=torch.full((4,), std),
+            anchor=None,
         )
 
     def tags(p):
@@ -146,14 +147,18 @@ def test_baseline_images_are_keyed_by_the_bank(tmp_path):
     from types import SimpleNamespace
 
     from lorasynth.evaluate.run import BANK_METHODS, Evaluation
+    from lorasynth.lincomb import LincombConfig
 
     layout = LoraLayout.from_shapes({"attn1.to_q": (4, 6, 1)})
 
     def tags(bank):
         ev = Evaluation.__new__(Evaluation)
         synth = SimpleNamespace(bank=bank, normaliser=Normaliser.load(bank.path / NORMALISER_FILE))
-        ev.m = SimpleNamespace(synth=synth, variants={})
-        return {m: ev.prior_tag(m) for m in (*BANK_METHODS, "base", "trained")}
+        anchored = SimpleNamespace(name="prior:cccc", anchor=LincombConfig())
+        ev.m = SimpleNamespace(synth=synth, variants={"diffusion-anchored": anchored})
+        return {
+            m: ev.prior_tag(m) for m in (*BANK_METHODS, "base", "trained", "diffusion-anchored")
+        }
 
     seeds = identity_seeds("train", 6)
     small = tags(_bank(tmp_path / "small", layout, seeds[:4]))
@@ -162,4 +167,7 @@ def test_baseline_images_are_keyed_by_the_bank(tmp_path):
     assert small["nearest"] == small["lincomb"] == small["ridge"]
     assert small["nearest"].startswith("bank4-") and grown["nearest"].startswith("bank6-")
     assert small["nearest"] != grown["nearest"]
+    # a prior anchored on lincomb draws on the bank too
+    assert small["diffusion-anchored"] == "cccc@" + small["nearest"]
+    assert grown["diffusion-anchored"] == "cccc@" + grown["nearest"]
     assert tags(Bank(tmp_path / "small")) == small  # the same bank, the same images

@@ -394,7 +394,11 @@ class Evaluation:
             return "rep-" + digest.hexdigest()[:16]
         if method.startswith("diffusion"):
             prior = self.m.variants.get(method) or self.m.synth.prior
-            return prior.name.rpartition(":")[2] if prior is not None else ""
+            if prior is None:
+                return ""
+            tag = prior.name.rpartition(":")[2]
+            # an anchored prior's LoRAs also depend on the bank its lincomb anchor draws on
+            return f"{tag}@{self.bank_tag()}" if prior.anchor is not None else tag
         if method in BANK_METHODS:
             return self.bank_tag()
         return ""

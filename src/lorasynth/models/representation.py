@@ -40,9 +40,18 @@ class Representation:
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    # Linear representations (raw, pca, ridge) map differences to differences, so a prior can
+    # model a residual around another vector (PriorTrainConfig.anchor).
+    linear = True
+
+    def decode_difference(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(x) - decode(0): the vector difference a latent difference x stands for."""
+        return x
+
 
 class VaeRepresentation(Representation):
     kind = "vae"
+    linear = False
 
     def __init__(self, vae: LoraVAE, digest: str) -> None:
         super().__init__(vae.config.latent_dim)
@@ -79,6 +88,9 @@ class PcaRepresentation(Representation):
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.components + self.mean
+
+    def decode_difference(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.components
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"pca_mean": self.mean, "pca_components": self.components}

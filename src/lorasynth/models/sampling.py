@@ -51,9 +51,12 @@ def sample(
     guidance: float = PRIOR_GUIDANCE,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Draw one vector per condition row. eta = 0 is DDIM; eta = 1 is ancestral (DDPM-like)."""
-    x = torch.randn(cond.shape[0], dim, generator=generator)
+    """Draw one vector per condition row. eta = 0 is DDIM; eta = 1 is ancestral (DDPM-like).
+    `temperature` scales the starting noise: below 1, DDIM lands nearer the condition's most
+    likely vectors and farther from its spread (0: one deterministic vector per condition)."""
+    x = temperature * torch.randn(cond.shape[0], dim, generator=generator)
     cache = encode_guided_condition(model, cond, guidance)
     times = time_grid(steps)
     if hasattr(model, "at_times"):  # precompute what depends on time alone, for every step

@@ -29,7 +29,7 @@ def prior_sampler(synth, prior) -> Callable[[torch.Tensor], torch.Tensor]:
     sampled at the default steps and guidance (no strength applied): strength_scores' `make`."""
 
     def sample(cond: torch.Tensor) -> torch.Tensor:
-        normalised = prior.sample_normalised(cond, PRIOR_STEPS, PRIOR_GUIDANCE, seed=0)
+        normalised = synth.sample_prior(prior, cond, PRIOR_STEPS, PRIOR_GUIDANCE, seed=0)
         return synth.normaliser.decode(normalised)
 
     return sample
