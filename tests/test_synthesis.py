@@ -222,6 +222,8 @@ def test_a_prior_files_strength_sets_its_loras_deviation(world, tmp_path):
 
 
 def test_an_anchored_prior_adds_its_sample_to_lincombs_lora(world, tmp_path):
+    from dataclasses import replace
+
     from lorasynth.synthesis import Prior
 
     synth, photos, _, _ = world
@@ -248,8 +250,16 @@ def test_an_anchored_prior_adds_its_sample_to_lincombs_lora(world, tmp_path):
     anchor = synth.normaliser.encode(synth.lincomb_vectors(cond, prior.anchor))
     residual = sampled - anchor  # what the prior adds lies in its basis' span
     basis = prior.representation
+    # ... and there, the result is the anchor's coefficients, scaled, plus the sample
+    unscaled = replace(prior, anchor_scale=None).sample_normalised(cond, 4, 1.0, 0, 1.0, anchor)
     torch.testing.assert_close(
-        residual, (residual @ basis.components.T) @ basis.components, atol=1e-4, rtol=1e-3
+        basis.encode(sampled) - basis.encode(unscaled),
+        (prior.anchor_scale - 1) * basis.encode(anchor),
+        atol=1e-3,
+        rtol=1e-3,
+    )
+    torch.testing.assert_close(
+        residual, (residual @ basis.components.T) @ basis.components, atol=1e-3, rtol=1e-3
     )
     assert residual.norm() > 0
     saved = synth.prior

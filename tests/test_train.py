@@ -297,6 +297,7 @@ def test_anchored_prior_models_the_residual_around_leave_one_out_lincomb(tmp_pat
     latents = basis.encode(norm.encode(store.vectors()))
     # The neighbours explain much of a smooth bank: residuals spread less than latents.
     assert (extra["latent_std"] < latents.std(0)).all()
+    assert extra["anchor_scale"].shape == (6,) and (extra["anchor_scale"] > 0).all()
 
     prior = Prior.load(path, store, norm, table.embedder_id, None)
     assert prior.anchor == LincombConfig()

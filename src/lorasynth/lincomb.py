@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 
 ANCHOR_KEY = "anchor_lincomb"  # a prior file's tensor: the LincombConfig it was trained around
+# ... and the per-coordinate scale of the anchor's latent it adds its sample to
+ANCHOR_SCALE_KEY = "anchor_scale"
 CHUNK = 16  # conditions per solve: (CHUNK, k, D) float64 neighbour blocks stay small
 
 

@@ -29,7 +29,7 @@ from lorasynth.domains import DOMAIN_KEY, check_same_domain, embedder_domain, ge
 from lorasynth.errors import LorasynthError
 from lorasynth.faces.embedders import MiniFaceEmbedder, as_face_embedder, load_face_embedder
 from lorasynth.faces.photos import Photo, load_photo
-from lorasynth.lincomb import ANCHOR_KEY, LincombConfig, lincomb_vectors
+from lorasynth.lincomb import ANCHOR_KEY, ANCHOR_SCALE_KEY, LincombConfig, lincomb_vectors
 from lorasynth.lora import LoraFile, unflatten, write_lora
 from lorasynth.lora.safetensors_io import read_header
 from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
@@ -99,6 +99,7 @@ class Prior:
     # Trained around lincomb's LoRA (PriorTrainConfig.anchor): samples are residuals added to
     # the normalised lincomb vector of the condition, made with this config on the bank.
     anchor: LincombConfig | None = None
+    anchor_scale: torch.Tensor | None = None  # (latent,): the anchor's latent is scaled by it
 
     @classmethod
     def load(
@@ -139,6 +140,7 @@ class Prior:
             float(strength) if strength else None,
             LinearSkip.from_tensors(extra),
             LincombConfig.from_tensor(extra[ANCHOR_KEY]) if ANCHOR_KEY in extra else None,
+            extra.get(ANCHOR_SCALE_KEY),
         )
 
     @torch.no_grad()
@@ -178,7 +180,12 @@ class Prior:
         if self.skip is not None:
             latent = latent + self.skip(cond)
         if anchor is not None:
-            return anchor + self.representation.decode_difference(latent)
+            # in the latent, the anchor counts scale times (the sample is the residual from
+            # that); outside the latent's span it counts whole
+            rep = self.representation
+            if self.anchor_scale is not None:
+                latent = latent + (self.anchor_scale - 1) * rep.encode(anchor)
+            return anchor + rep.decode_difference(latent)
         return self.representation.decode(latent)
 
 

@@ -23,7 +23,7 @@ from lorasynth.bank.conditions import ConditionTable
 from lorasynth.checkpoint import load_training_state, save_training_state, training_state_info
 from lorasynth.domains import check_same_domain
 from lorasynth.errors import LorasynthError
-from lorasynth.lincomb import ANCHOR_KEY, LincombConfig, lincomb_vectors
+from lorasynth.lincomb import ANCHOR_KEY, ANCHOR_SCALE_KEY, LincombConfig, lincomb_vectors
 from lorasynth.models.denoiser import Denoiser, DenoiserConfig
 from lorasynth.models.diffusion import check_target, diffusion_loss, draw_times
 from lorasynth.models.representation import (
@@ -87,8 +87,9 @@ class PriorTrainConfig:
     # to linear: README, "v2").
     mixup: float = 0.0
     # "lincomb": diffuse over the residual around lincomb's LoRA for the condition (made, for
-    # each bank subject, from the other subjects), so what the nearest subjects already give is
-    # given and the network models what they miss. Needs a linear representation (not vae);
+    # each bank subject, from the other subjects; in the latent, scaled per coordinate by
+    # least squares), so what the nearest subjects already give is given and the network
+    # models what they miss. Needs a linear representation (not vae);
     # sampling then needs the bank (Synthesizer.sample_prior). "": none.
     anchor: str = ""
 
@@ -346,19 +347,28 @@ def _anchor_latents(
     return out
 
 
-def _residual_stats(
+def _anchor_scale_and_stats(
     rep: Representation, bank: Bank, norm: Normaliser, anchors: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-coordinate mean/std of the residuals latent - anchor over every (subject, photo)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scale, mean, std) per latent coordinate: the least-squares scale of the anchors' latents
+    that best predicts the subjects' (lincomb keeps its neighbours' full norm, so unscaled its
+    error would spread as wide as the latents themselves: 68 vs 67 on the faces bank), and the
+    mean/std of the residuals latent - scale * anchor over every (subject, photo)."""
     n_subjects = len(anchors)
     latents = torch.cat(
         [
             rep.encode(norm.encode(bank.gather(list(range(s, min(s + 1024, n_subjects))))))
             for s in range(0, n_subjects, 1024)
         ]
+    ).double()
+    a = anchors.double()
+    z = latents[:, None, :].expand_as(a)
+    a_centred = a - a.mean((0, 1))
+    scale = (a_centred * (z - z.mean((0, 1)))).sum((0, 1)) / (a_centred**2).sum((0, 1)).clamp_min(
+        1e-12
     )
-    residuals = (latents[:, None, :] - anchors).reshape(-1, rep.dim).double()
-    return residuals.mean(0).float(), residuals.std(0).clamp_min(1e-6).float()
+    residuals = (z - scale * a).reshape(-1, rep.dim)
+    return scale.float(), residuals.mean(0).float(), residuals.std(0).clamp_min(1e-6).float()
 
 
 def _latent_stats(
@@ -417,8 +427,10 @@ def train_prior(
     skip = _fit_linear_skip(rep, bank, norm, table) if config.linear_skip else None
     n_subjects = min(config.subjects, len(bank)) if config.subjects > 0 else len(bank)
     anchors = _anchor_latents(config, rep, bank, norm, table, n_subjects, progress)
+    anchor_scale = None
     if anchors is not None:
-        mean, std = _residual_stats(rep, bank, norm, anchors)
+        anchor_scale, mean, std = _anchor_scale_and_stats(rep, bank, norm, anchors)
+        anchors *= anchor_scale  # what the residuals are taken from
     else:
         mean, std = _latent_stats(rep, bank, norm, skip, table)
     torch.manual_seed(config.seed)
@@ -513,6 +525,7 @@ def train_prior(
             extra.update(skip.tensors())
         if anchors is not None:
             extra[ANCHOR_KEY] = LincombConfig().tensor()
+            extra[ANCHOR_SCALE_KEY] = anchor_scale
         if isinstance(rep, PcaRepresentation):
             extra.update(rep.tensors())
         provenance = Provenance(

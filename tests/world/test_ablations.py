@@ -23,6 +23,7 @@ def test_ablations_of_a_ridge_default_prior():
         "bank250",
         "eps",
         "x0",
+        "lincomb",
     }
     assert found["vae"].vae == {} and found["pca"].vae is None  # a VAE prior trains its VAE
     assert found["latent32"].prior == {"pca_dim": 32} and found["latent32"].vae is None
@@ -34,6 +35,7 @@ def test_ablations_of_a_ridge_default_prior():
         "latent_size": "128",
         "bank_size": "500",
         "target": "v",
+        "anchor": "none",
     }
     # bank sizes below the bank's are built: at 1,500 subjects, 250 / 500 / 1,000
     grown = {ab.name for ab in ablations_for(AblationConfig(), 1500, prior)}
@@ -42,6 +44,7 @@ def test_ablations_of_a_ridge_default_prior():
 
 def test_ablations_of_a_vae_default_prior():
     found = {ab.name: ab for ab in ablations_for(AblationConfig(), 500, PriorTrainConfig())}
+    # no anchor ablation: an anchor needs a linear representation
     assert set(found) == {"pca", "raw", "latent32", "latent64", "latent256", "bank250", "eps", "x0"}
     # an eps default prior's target ablations are the other two
     eps = replace(PriorTrainConfig(), target="eps")
@@ -73,3 +76,29 @@ def test_an_ablation_built_from_another_default_is_named_with_the_difference(tmp
     del legacy["prior_config"]["mixup"]
     (tmp_path / "raw" / "ablation.json").write_text(json.dumps(legacy))
     assert set(ab.stale_ablations("faces", default)) == {"diffusion-pca", "diffusion-raw"}
+
+
+def test_an_anchored_default_is_ablated_through_its_plain_prior(tmp_path, monkeypatch):
+    """With an anchored default, the anchor group holds the plain prior and every other
+    ablation changes the plain prior (the paper's), so plain-built ablations are not stale."""
+    import json
+    from dataclasses import asdict
+
+    from lorasynth.world import ablations as ab
+
+    anchored = replace(WORLD.synthesis.prior, anchor="lincomb")
+    found = {a.name: a for a in ablations_for(AblationConfig(), 1500, anchored)}
+    assert "lincomb" not in found
+    assert (found["plain"].group, found["plain"].value) == ("anchor", "none")
+    assert found["plain"].prior == {"anchor": ""} and found["plain"].method == "diffusion-plain"
+    assert ab.plain(anchored) == replace(anchored, anchor="")
+    monkeypatch.setattr(ab, "ablations_root", lambda domain: tmp_path)
+    (tmp_path / "x0").mkdir()
+    record = {
+        "name": "x0",
+        "prior": {"target": "x0"},
+        "prior_config": asdict(replace(ab.plain(anchored), target="x0")),
+    }
+    (tmp_path / "x0" / "ablation.json").write_text(json.dumps(record))
+    assert ab.stale_ablations("faces", anchored) == {}
+    assert default_values("ridge", 128, 1500, "v", "lincomb")["anchor"] == "lincomb"

@@ -113,6 +113,7 @@ CURVES = (
     ("latent_size", "Latent size: directions the prior diffuses over (VAE latent or basis)"),
     ("bank_size", "Bank size: subjects the prior was trained on (scaling curve)"),
     ("target", "Prediction target (eps vs x0 vs v)"),
+    ("anchor", "Anchor: the prior alone (none) vs around lincomb's LoRA (lincomb)"),
 )
 
 

@@ -699,15 +699,26 @@ CURVE_KEYS = ("id_sim_mean", "id_sim_ci95", "normalised_fidelity", "top1", "time
 
 
 def ablation_curves(rows: dict[str, dict], models: EvalModels) -> dict:
-    """Representation, latent size, bank size and target: each a {value: scores} curve whose default
-    point is the shipped prior's own row; a group with no built model is named in not_built."""
+    """Representation, latent size, bank size, target and anchor: each a {value: scores} curve
+    whose default point is the shipped prior's own row (with an anchored default, the plain
+    prior's for every group but the anchor); a group with no built model is named in
+    not_built."""
     from lorasynth.world.ablations import GROUPS, default_values
 
     prior = models.synth.prior
     latent = prior.representation.dim if prior is not None else 0
     kind = prior.representation.kind if prior is not None else "vae"
     target = prior.model.config.target if prior is not None else "v"
-    defaults = default_values(kind, latent, len(models.synth.bank), target)
+    anchor = "lincomb" if prior is not None and prior.anchor is not None else ""
+    defaults = default_values(kind, latent, len(models.synth.bank), target, anchor)
+    # Every group but the anchor changes the plain prior (world.ablations): their reference
+    # point is the default itself, or with an anchored default its plain ablation.
+    plain = "diffusion"
+    if anchor:
+        plain = next(
+            (m for m, (g, v) in models.ablation_groups.items() if (g, v) == ("anchor", "none")),
+            "diffusion-plain",
+        )
     curves: dict = {"not_built": []}
     for group in GROUPS:
         members = {
@@ -715,13 +726,16 @@ def ablation_curves(rows: dict[str, dict], models: EvalModels) -> dict:
             for method, (g, value) in models.ablation_groups.items()
             if g == group and not rows.get(method, {}).get("absent")
         }
-        if not members or "diffusion" not in rows or rows["diffusion"].get("absent"):
+        if group == "anchor" and prior is not None and not prior.representation.linear:
+            continue  # an anchor needs a linear representation: no such ablation exists
+        reference = "diffusion" if group == "anchor" else plain
+        if not members or reference not in rows or rows[reference].get("absent"):
             curves["not_built"].append(
                 f"{group.replace('_', ' ')}: no ablation prior built "
                 f"(`lorasynth world build --domain {models.domain.name} --stage ablations`)"
             )
             continue
-        members[defaults[group]] = "diffusion"
+        members.setdefault(defaults[group], reference)
         ordered = sorted(members, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else v))
         curves[group] = {
             value: {

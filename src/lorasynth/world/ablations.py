@@ -6,7 +6,13 @@ Each ablation is the default prior (AdaLoRA, v target) with one thing changed:
   one trains its own LoRA VAE (the world's VAE config);
 - latent size: the default representation at another width (`diffusion-latent32`): a LoRA VAE
   with another latent width and a prior over it, or another PCA/ridge dimension;
-- bank size: the prior trained on the bank's first N subjects only (`diffusion-bank500`).
+- bank size: the prior trained on the bank's first N subjects only (`diffusion-bank500`);
+- target: eps / x0 / v;
+- anchor: the prior alone (`diffusion-plain`, the paper's) or around lincomb's LoRA
+  (`diffusion-lincomb`, PriorTrainConfig.anchor).
+Every group but the anchor changes the *plain* prior (the default's config without an anchor:
+the paper's method), so the curves measure the paper's design choices whichever the default is;
+the anchor group then links them to the shipped default.
 
 They are not shipped (the budget holds the default and the AdaNorm/target variants); they land
 in build/mini-world[/<domain>]/synthesis-ablations/<name>/ (prior.safetensors, and for a latent
@@ -29,7 +35,7 @@ from lorasynth.models.store import save_half_model_copy
 from lorasynth.train import PriorTrainConfig, VAETrainConfig, train_prior, train_vae
 
 ABLATIONS_DIR = "synthesis-ablations"
-GROUPS = ("representation", "latent_size", "bank_size", "target")
+GROUPS = ("representation", "latent_size", "bank_size", "target", "anchor")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class AblationConfig:
     # Prediction targets (issue 5: eps vs x0 vs v); the default's own is skipped. Their
     # methods are diffusion-eps / diffusion-x0, the names issue 6's results.json asks for.
     targets: tuple[str, ...] = ("eps", "x0", "v")
+    # PriorTrainConfig.anchor values ("": none, the plain prior); the default's own is skipped.
+    anchors: tuple[str, ...] = ("", "lincomb")
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,17 @@ def ablations_for(
         for target in config.targets
         if target != (prior or PriorTrainConfig()).target
     ]
+    out += [
+        Ablation(anchor or "plain", "anchor", anchor or "none", prior={"anchor": anchor})
+        for anchor in config.anchors
+        if anchor != (prior or PriorTrainConfig()).anchor and default != "vae"  # needs linear
+    ]
     return out
+
+
+def plain(prior: PriorTrainConfig) -> PriorTrainConfig:
+    """The config every ablation but the anchor group changes: the default without its anchor."""
+    return replace(prior, anchor="")
 
 
 def ablations_root(domain: str | Domain) -> Path:
@@ -97,7 +115,7 @@ def ablations_root(domain: str | Domain) -> Path:
 
 
 def default_values(
-    representation: str, latent_dim: int, bank_size: int, target: str = "v"
+    representation: str, latent_dim: int, bank_size: int, target: str = "v", anchor: str = ""
 ) -> dict[str, str]:
     """The value each group takes in the shipped default prior (its row in every curve)."""
     return {
@@ -105,6 +123,7 @@ def default_values(
         "latent_size": str(latent_dim),
         "bank_size": str(bank_size),
         "target": target,
+        "anchor": anchor or "none",
     }
 
 
@@ -135,7 +154,7 @@ def build_ablations(
         began = time.perf_counter()
         target = out / ab.name
         target.mkdir(parents=True, exist_ok=True)
-        prior = replace(prior_config, **ab.prior)
+        prior = replace(plain(prior_config), **ab.prior)
         vae_path: Path | None = shipped_vae if prior.representation == "vae" else None
         if ab.vae is not None:
             trained_vae = train_vae(
@@ -202,7 +221,7 @@ def stale_ablations(domain: str | Domain, default: PriorTrainConfig) -> dict[str
     """Built ablation priors whose base is not `default` (the domain's prior config now), each
     with what differs besides its own change, e.g. {"diffusion-pca": "mixup 0.0, now 0.5"}:
     their curve then compares two changes at once, which the report must say."""
-    expected = asdict(default)
+    expected = asdict(plain(default))
     stale = {}
     for record_path in sorted(ablations_root(domain).glob("*/ablation.json")):
         record = json.loads(record_path.read_text())
