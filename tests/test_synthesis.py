@@ -72,6 +72,18 @@ def test_diffusion_is_seeded(world):
     a = synth.vectors_for(cond, "diffusion", seed=5)
     assert torch.equal(a, synth.vectors_for(cond, "diffusion", seed=5))
     assert not torch.equal(a, synth.vectors_for(cond, "diffusion", seed=6))
+    # temperature 0: the sampler starts from zero noise, so the seed no longer matters
+    cold = synth.vectors_for(cond, "diffusion", seed=5, temperature=0.0)
+    torch.testing.assert_close(cold, synth.vectors_for(cond, "diffusion", seed=6, temperature=0.0))
+    assert not torch.allclose(cold, a)
+
+
+def test_temperature_is_recorded_in_the_lora(world, tmp_path):
+    synth, photos, _, _ = world
+    result = synth.synthesize([photos[2, 0]], out=tmp_path / "t.safetensors", temperature=0.5)
+    assert read_lora(result.path).metadata["lorasynth.temperature"] == "0.5"
+    plain = synth.synthesize([photos[2, 0]], out=tmp_path / "p.safetensors")
+    assert "lorasynth.temperature" not in read_lora(plain.path).metadata
 
 
 def test_lincomb_points_toward_the_subject(world):
@@ -124,6 +136,8 @@ def test_synthesize_cli_json_and_train_cli(world, tmp_path):
         "--json",
         "--seed",
         "3",
+        "--temperature",
+        "0.25",
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -134,6 +148,7 @@ def test_synthesize_cli_json_and_train_cli(world, tmp_path):
     )
     assert 0 < report["time_ms"] < 10_000
     assert read_lora(out).metadata["lorasynth.seed"] == "3"
+    assert read_lora(out).metadata["lorasynth.temperature"] == "0.25"
     assert_one_line_error(
         run_cli(
             "synthesize",

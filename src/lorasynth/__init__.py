@@ -29,6 +29,7 @@ def synthesize(
     guidance: float = PRIOR_GUIDANCE,
     steps: int = PRIOR_STEPS,
     synthesizer: Synthesizer | None = None,
+    temperature: float = 1.0,
 ) -> SynthesisResult:
     """Photo(s) (paths, bytes or RGB arrays) -> LoRA; mirrors `lorasynth synthesize`.
 
@@ -41,4 +42,6 @@ def synthesize(
 
             _default = Synthesizer.load()
         synthesizer = _default
-    return synthesizer.synthesize(photos, method, seed, guidance, steps, out=out, fmt=fmt)
+    return synthesizer.synthesize(
+        photos, method, seed, guidance, steps, out=out, fmt=fmt, temperature=temperature
+    )

@@ -290,15 +290,17 @@ class Synthesizer:
         seed: int = 0,
         guidance: float = PRIOR_GUIDANCE,
         steps: int = PRIOR_STEPS,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
-        """Canonical vectors (B, D) for condition embeddings (B, E)."""
+        """Canonical vectors (B, D) for condition embeddings (B, E); `temperature` scales the
+        prior's starting noise (samplers.sample)."""
         if method == "diffusion":
             if self.prior is None:
                 raise LorasynthError(
                     "no prior loaded: train one (`lorasynth train prior`) or pick --method nearest|lincomb"
                 )
             vectors = self.normaliser.decode(
-                self.sample_prior(self.prior, cond, steps, guidance, seed)
+                self.sample_prior(self.prior, cond, steps, guidance, seed, temperature)
             )
             if self.prior.strength is not None:
                 vectors = with_strength(vectors, self.normaliser, self.prior.strength)
@@ -408,6 +410,7 @@ class Synthesizer:
         out: str | os.PathLike[str] | None = None,
         fmt: str = "diffusers",
         face_index: int | None = None,
+        temperature: float = 1.0,
     ) -> SynthesisResult:
         """Photo(s) -> LoRA (written to `out` if given); time_ms covers photo bytes to file."""
         if method == "ridge":
@@ -419,8 +422,11 @@ class Synthesizer:
             vector = self.train(photos, seed)
         else:
             cond = self.embed(photos, face_index)[None]
-            vector = self.vectors_for(cond, method, seed, guidance, steps)[0]
-        lora = unflatten(vector, self.layout, self._provenance(method, seed, guidance, steps))
+            vector = self.vectors_for(cond, method, seed, guidance, steps, temperature)[0]
+        meta = self._provenance(method, seed, guidance, steps)
+        if method == "diffusion" and temperature != 1.0:
+            meta["lorasynth.temperature"] = str(temperature)
+        lora = unflatten(vector, self.layout, meta)
         path = Path(out) if out else None
         if path is not None:
             write_lora(path, lora, to=fmt, title=f"lorasynth {method}")

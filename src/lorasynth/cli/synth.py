@@ -39,6 +39,14 @@ def synthesize(
         float, typer.Option(help="Classifier-free guidance scale of the prior.")
     ] = PRIOR_GUIDANCE,
     steps: Annotated[int, typer.Option(min=1, help="Prior sampling steps.")] = PRIOR_STEPS,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Scale of the prior's starting noise: below 1 nearer the likeliest LoRA for the "
+            "photo (0: one LoRA per photo, whatever the seed).",
+        ),
+    ] = 1.0,
     bank: Annotated[
         Path | None, typer.Option(help="Bank (default: the shipped mini-world).")
     ] = None,
@@ -82,6 +90,7 @@ def synthesize(
             out=out,
             fmt=fmt.value,
             face_index=face_index,
+            temperature=temperature,
         )
     for warning in caught:
         if issubclass(warning.category, FaceWarning):
