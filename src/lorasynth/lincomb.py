@@ -23,17 +23,17 @@ CHUNK = 16  # conditions per solve: (CHUNK, k, D) float64 neighbour blocks stay 
 class LincombConfig:
     k: int = 32  # nearest bank subjects combined
     ridge: float = 0.05  # on the Gram matrix of the neighbours' centred embeddings
-    temperature: float = 0.05  # softmax over cosine similarities (the combination's norm)
+    softmax_temperature: float = 0.05  # over cosine similarities: the combination's norm
 
     def tensor(self) -> torch.Tensor:
         """The config as stored with a prior trained around it (see from_tensor)."""
-        return torch.tensor([self.k, self.ridge, self.temperature], dtype=torch.float64)
+        return torch.tensor([self.k, self.ridge, self.softmax_temperature], dtype=torch.float64)
 
     @classmethod
     def from_tensor(cls, values: torch.Tensor) -> LincombConfig:
-        k, ridge, temperature = values.tolist()
+        k, ridge, softmax_temperature = values.tolist()
         # stored weights may be float32: read back the decimal values that were written
-        return cls(int(k), float(f"{ridge:.6g}"), float(f"{temperature:.6g}"))
+        return cls(int(k), float(f"{ridge:.6g}"), float(f"{softmax_temperature:.6g}"))
 
 
 def lincomb_vectors(
@@ -88,7 +88,7 @@ def _chunk(cond, bank_embeddings, aligned_rows, mean_vector, config, exclude) ->
     # A combination of many high-dimensional LoRAs shrinks towards the mean (measured on the
     # mini-world: half the norm, ID similarity 0.10 vs 0.19 for nearest); give it the
     # similarity-weighted norm of its neighbours' deviations (0.19 then).
-    closeness = torch.softmax(nearest.values.double() / config.temperature, dim=1)
+    closeness = torch.softmax(nearest.values.double() / config.softmax_temperature, dim=1)
     target_norm = (closeness * neighbours.norm(dim=2)).sum(1, keepdim=True)
     deviation = deviation * (target_norm / deviation.norm(dim=1, keepdim=True).clamp_min(1e-12))
     return (mean_vector.double() + deviation).float()
