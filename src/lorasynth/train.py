@@ -301,13 +301,17 @@ def _fit_linear_skip(
     rep: Representation, bank: Bank, norm: Normaliser, table: ConditionTable
 ) -> LinearSkip:
     """Ridge regression of the bank's latents on its subjects' mean embeddings."""
-    latents = torch.cat([rep.encode(norm.encode(b)) for b in bank.iter_batches(1024)])
-    cond = table.mean_embeddings_for(bank.ids)
-    return LinearSkip.fit(cond, latents)
+    return LinearSkip.fit(table.mean_embeddings_for(bank.ids), _bank_latents(rep, bank, norm))
+
+
+def _bank_latents(rep: Representation, bank: Bank, norm: Normaliser) -> torch.Tensor:
+    """Every bank row in prior space (N, latent), encoded a batch at a time."""
+    return torch.cat([rep.encode(norm.encode(b)) for b in bank.iter_batches(1024)])
 
 
 def _anchor_latents(
     config: PriorTrainConfig,
+    lincomb: LincombConfig,
     rep: Representation,
     bank: Bank,
     norm: Normaliser,
@@ -340,7 +344,7 @@ def _anchor_latents(
             embeddings,
             lambda idx: norm.align(bank.gather(idx.tolist())),
             norm.mean,
-            LincombConfig(),
+            lincomb,
             exclude=rows.repeat_interleave(n_photos),
         )
         out[rows] = rep.encode(norm.encode(vectors)).float().view(len(rows), n_photos, -1)
@@ -354,13 +358,7 @@ def _anchor_scale_and_stats(
     that best predicts the subjects' (lincomb keeps its neighbours' full norm, so unscaled its
     error would spread as wide as the latents themselves: 68 vs 67 on the faces bank), and the
     mean/std of the residuals latent - scale * anchor over every (subject, photo)."""
-    n_subjects = len(anchors)
-    latents = torch.cat(
-        [
-            rep.encode(norm.encode(bank.gather(list(range(s, min(s + 1024, n_subjects))))))
-            for s in range(0, n_subjects, 1024)
-        ]
-    ).double()
+    latents = _bank_latents(rep, bank, norm)[: len(anchors)].double()
     a = anchors.double()
     z = latents[:, None, :].expand_as(a)
     a_centred = a - a.mean((0, 1))
@@ -426,7 +424,8 @@ def train_prior(
     rep = _representation(config, bank, norm, Path(vae_path) if vae_path else None, table)
     skip = _fit_linear_skip(rep, bank, norm, table) if config.linear_skip else None
     n_subjects = min(config.subjects, len(bank)) if config.subjects > 0 else len(bank)
-    anchors = _anchor_latents(config, rep, bank, norm, table, n_subjects, progress)
+    lincomb = LincombConfig()  # the anchors' combination, stored with the prior
+    anchors = _anchor_latents(config, lincomb, rep, bank, norm, table, n_subjects, progress)
     anchor_scale = None
     if anchors is not None:
         anchor_scale, mean, std = _anchor_scale_and_stats(rep, bank, norm, anchors)
@@ -524,7 +523,7 @@ def train_prior(
         if skip is not None:
             extra.update(skip.tensors())
         if anchors is not None:
-            extra[ANCHOR_KEY] = LincombConfig().tensor()
+            extra[ANCHOR_KEY] = lincomb.tensor()
             extra[ANCHOR_SCALE_KEY] = anchor_scale
         if isinstance(rep, PcaRepresentation):
             extra.update(rep.tensors())
