@@ -320,3 +320,21 @@ def test_an_anchor_needs_a_linear_representation(tmp_path):
             replace(cfg, anchor="knn", representation="raw"),
             progress=False,
         )
+
+
+def test_a_run_folder_in_use_is_refused_not_raced(tmp_path):
+    import fcntl
+
+    bank, cond = make_synthetic_bank(tmp_path)
+    cfg = replace(PRIOR_CFG, representation="raw", steps=10)
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a") as held:  # another trainer holds the run
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(LorasynthError, match="another process is training"):
+            train_prior(bank, cond, out, cfg, progress=False)
+        with pytest.raises(LorasynthError, match="another process is training"):
+            train_vae(bank, out, replace(VAE_CFG, steps=5), progress=False)
+        assert not (out / "log.jsonl").exists()  # refused before it wrote anything
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert train_prior(bank, cond, out, cfg, progress=False) is not None  # released: it runs

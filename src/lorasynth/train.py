@@ -8,9 +8,12 @@ averaged, so 2 processes follow the 1-process loss curve up to float rounding.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from lorasynth.models.vae import LoraVAE, LoraVAEConfig, vae_loss
 VAE_FILE = "lora-vae.safetensors"
 PRIOR_FILE = "prior.safetensors"
 STATE_FILE = "state.safetensors"
+LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,31 @@ class _Run:
         return self.accelerator.gather(value.detach().reshape(1)).mean().item()
 
 
+@contextlib.contextmanager
+def _run_lock(out_dir: Path) -> Iterator[None]:
+    """Hold OUT/.lock while training into OUT: a second training into the same run folder
+    (which would interleave its log and overwrite its checkpoints) is refused, not raced.
+    Only the main process takes it; `accelerate launch` workers share their run."""
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LorasynthError(
+                f"{out_dir}: another process is training into this run folder; wait for it "
+                "or use another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _bank_and_normaliser(bank_path: Path) -> tuple[Bank, Normaliser]:
     bank = Bank(bank_path)
     norm_path = bank.path / NORMALISER_FILE
@@ -213,8 +242,20 @@ def train_vae(
     `stop_at` ends this run early at that step with a checkpoint (returns None): long trainings
     then proceed in time-boxed pieces.
     """
-    bank, norm = _bank_and_normaliser(Path(bank_path))
-    run = _Run(Path(out_dir), config, "vae", _data_of(bank, norm))
+    with _run_lock(Path(out_dir)):
+        return _train_vae(Path(bank_path), Path(out_dir), config, resume, progress, stop_at)
+
+
+def _train_vae(
+    bank_path: Path,
+    out_dir: Path,
+    config: VAETrainConfig,
+    resume: bool,
+    progress: bool,
+    stop_at: int | None,
+) -> Path | None:
+    bank, norm = _bank_and_normaliser(bank_path)
+    run = _Run(out_dir, config, "vae", _data_of(bank, norm))
     torch.manual_seed(config.seed)
     model = LoraVAE(
         LoraVAEConfig(
@@ -411,8 +452,31 @@ def train_prior(
     `stop_at` ends this run early at that step with a checkpoint (returns None).
     """
     check_target(config.target)
-    bank, norm = _bank_and_normaliser(Path(bank_path))
-    run = _Run(Path(out_dir), config, "prior", _data_of(bank, norm))
+    with _run_lock(Path(out_dir)):
+        return _train_prior(
+            Path(bank_path),
+            conditions_path,
+            Path(out_dir),
+            config,
+            vae_path,
+            resume,
+            progress,
+            stop_at,
+        )
+
+
+def _train_prior(
+    bank_path: Path,
+    conditions_path: str | Path,
+    out_dir: Path,
+    config: PriorTrainConfig,
+    vae_path: str | Path | None,
+    resume: bool,
+    progress: bool,
+    stop_at: int | None,
+) -> Path | None:
+    bank, norm = _bank_and_normaliser(bank_path)
+    run = _Run(out_dir, config, "prior", _data_of(bank, norm))
     table = ConditionTable.load(conditions_path)
     check_same_domain(
         f"bank {bank.path}",
