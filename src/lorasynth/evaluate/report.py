@@ -62,7 +62,12 @@ def write_report(out: Path, results: dict, ev) -> Path:
     cfg = results["config"]
     judge = cfg["embedder_eval"].split("/")[0]
     made = [
-        fidelity_vs_time(results["methods"], plots / "fidelity-vs-time.png", judge),
+        fidelity_vs_time(
+            results["methods"],
+            plots / "fidelity-vs-time.png",
+            judge,
+            ablation_methods(results["ablations"]),
+        ),
         image_grid(ev, plots / "grid.png"),
         ablation_plot(results["ablations"], plots / "ablations.png", judge),
     ]
@@ -217,7 +222,23 @@ def write_combined_report(out: Path, outcome: dict[str, dict | str]) -> Path:
     return path
 
 
-def fidelity_vs_time(rows: dict, path: Path, judge: str = "mini-eval") -> Path | None:
+def ablation_methods(ablations: dict) -> set[str]:
+    """Methods that are only points of an ablation curve (the default prior is not one)."""
+    return {
+        point["method"]
+        for group in ablations.values()
+        if isinstance(group, dict)
+        for point in group.values()
+        if isinstance(point, dict) and point.get("method", "diffusion") != "diffusion"
+    }
+
+
+def fidelity_vs_time(
+    rows: dict, path: Path, judge: str = "mini-eval", muted: set[str] = frozenset()
+) -> Path | None:
+    """Each method's ID similarity against its time-to-LoRA. `muted` methods (the ablation
+    priors, a dozen points within a few ms of the default) are drawn small, grey and unnamed,
+    so the methods a user chooses between stay readable."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,12 +251,17 @@ def fidelity_vs_time(rows: dict, path: Path, judge: str = "mini-eval") -> Path |
     ]
     if not points:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, ms, sim in points:
-        ax.scatter(max(ms, 0.1), sim, s=40)
-        ax.annotate(
-            name, (max(ms, 0.1), sim), textcoords="offset points", xytext=(5, 4), fontsize=8
-        )
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    # Methods sit within a few ms of each other, so they are named in a legend, not beside
+    # their points, and in the legend they run from best to worst.
+    for name, ms, sim in sorted(points, key=lambda p: -p[2]):
+        if name not in muted:
+            ax.scatter(max(ms, 0.1), sim, s=40, zorder=2, label=f"{name} ({sim:.3f})")
+    grey = [(max(ms, 0.1), sim) for name, ms, sim in points if name in muted]
+    if grey:
+        xs, ys = zip(*grey, strict=True)
+        ax.scatter(xs, ys, s=14, color="0.65", zorder=1, label="ablation priors (their curves)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
     ax.set_xscale("log")
     ax.set_xlabel("time-to-LoRA (ms, log scale; base = no LoRA)")
     ax.set_ylabel(f"ID similarity ({judge})")
