@@ -423,9 +423,7 @@ class Synthesizer:
         else:
             cond = self.embed(photos, face_index)[None]
             vector = self.vectors_for(cond, method, seed, guidance, steps, temperature)[0]
-        meta = self._provenance(method, seed, guidance, steps)
-        if method == "diffusion" and temperature != 1.0:
-            meta["lorasynth.temperature"] = str(temperature)
+        meta = self._provenance(method, seed, guidance, steps, temperature)
         lora = unflatten(vector, self.layout, meta)
         path = Path(out) if out else None
         if path is not None:
@@ -433,7 +431,9 @@ class Synthesizer:
         elapsed = (time.perf_counter() - start) * 1000
         return SynthesisResult(lora, method, seed, elapsed, self.layout.hash, path)
 
-    def _provenance(self, method: str, seed: int, guidance: float, steps: int) -> dict[str, str]:
+    def _provenance(
+        self, method: str, seed: int, guidance: float, steps: int, temperature: float = 1.0
+    ) -> dict[str, str]:
         meta = {
             "lorasynth.method": method,
             "lorasynth.seed": str(seed),
@@ -449,6 +449,8 @@ class Synthesizer:
                     "lorasynth.steps": str(steps),
                 }
             )
+            if temperature != 1.0:  # files from before temperature existed read as 1
+                meta["lorasynth.temperature"] = str(temperature)
         return meta
 
 

@@ -356,3 +356,30 @@ def test_healthz_and_metrics(api, clock):
     )
     assert "lorasynth_synthesis_seconds_count 1.0" in text
     assert 'lorasynth_quality_gate_total{decision="review"} 1.0' in text
+
+
+def test_temperature_is_stored_returned_and_sampled_with(api, clock, monkeypatch, tiny_synth):
+    seen = []
+    vectors_for = type(tiny_synth).vectors_for
+
+    def spy(self, cond, *args, **kw):
+        seen.append(args)
+        return vectors_for(self, cond, *args, **kw)
+
+    monkeypatch.setattr(type(tiny_synth), "vectors_for", spy)
+    sid = new_subject(api, clock=clock)
+    assert upload(api, sid).status_code == 201
+    url = f"/v1/subjects/{sid}/loras"
+    r = api.call("POST", url, "creator", json={"method": "lincomb", "temperature": 0.0})
+    assert r.status_code == 202, r.text
+    assert api.worker.run_once()
+    info = api.call("GET", f"/v1/loras/{r.json()['lora_id']}", "reviewer").json()
+    assert info["temperature"] == 0.0 and seen[-1][-1] == 0.0  # (method, seed, ..., temperature)
+    r = api.call("POST", url, "creator", json={"method": "lincomb"})
+    assert api.worker.run_once()
+    assert (
+        api.call("GET", f"/v1/loras/{r.json()['lora_id']}", "reviewer").json()["temperature"] == 1.0
+    )
+    for bad in (-0.1, 4.5, "hot"):
+        r = api.call("POST", url, "creator", json={"method": "lincomb", "temperature": bad})
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"

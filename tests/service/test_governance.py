@@ -366,3 +366,50 @@ def test_migrations_are_dialect_neutral(dialect):
         assert "BYTEA" in sql and "SERIAL" in sql and "JSON" in sql
         claim = select(Lora).with_for_update(skip_locked=True)
         assert "FOR UPDATE SKIP LOCKED" in str(claim.compile(dialect=postgresql.dialect()))
+
+
+def test_the_temperature_migration_keeps_rows_and_reads_them_as_1(tmp_path):
+    """A LoRA row written before revision 0004 survives the upgrade and reads temperature 1."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from lorasynth.service.db import MIGRATIONS, Database
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        meta = sa.MetaData()
+        meta.reflect(conn)
+        for table in ("tenants", "subjects", "loras"):  # one row each, every column filled
+            t = meta.tables[table]
+            conn.execute(t.insert().values({c.name: _dummy(c) for c in t.columns}))
+    engine.dispose()
+    db = Database.open(tmp_path, url)
+    with db.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, guidance, temperature FROM loras").all()
+    assert rows == [("x", "x", "1.0")]
+
+
+def _dummy(column):
+    """A value of the column's type (ids and strings "x", so foreign keys line up)."""
+    import datetime
+
+    import sqlalchemy as sa
+
+    kind = column.type
+    if isinstance(kind, sa.Integer | sa.Float | sa.Numeric):
+        return 0
+    if isinstance(kind, sa.Boolean):
+        return False
+    if isinstance(kind, sa.DateTime):
+        return datetime.datetime(2030, 1, 1)
+    if isinstance(kind, sa.JSON):
+        return {}
+    if isinstance(kind, sa.LargeBinary):
+        return b""
+    return "x"

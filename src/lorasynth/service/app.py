@@ -60,6 +60,7 @@ class LoraIn(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     guidance: float = Field(PRIOR_GUIDANCE, ge=0.0, le=20.0)
     steps: int = Field(PRIOR_STEPS, ge=1, le=500)
+    temperature: float = Field(1.0, ge=0.0, le=4.0)
 
 
 class ReviewIn(_Strict):
@@ -312,7 +313,9 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
 
     @app.post("/v1/subjects/{subject_id}/loras", status_code=202)
     def request_lora(p: Creator, subject_id: str, body: LoraIn) -> dict:
-        return svc.request_lora(p, subject_id, body.method, body.seed, body.guidance, body.steps)
+        return svc.request_lora(
+            p, subject_id, body.method, body.seed, body.guidance, body.steps, body.temperature
+        )
 
     # ---- LoRAs ----------------------------------------------------------------------------
     @app.get("/v1/loras")

@@ -463,7 +463,14 @@ class Service:
 
     # ---- LoRAs ----------------------------------------------------------------------------
     def request_lora(
-        self, p: Principal, subject_id: str, method: str, seed: int, guidance: float, steps: int
+        self,
+        p: Principal,
+        subject_id: str,
+        method: str,
+        seed: int,
+        guidance: float,
+        steps: int,
+        temperature: float = 1.0,
     ) -> dict:
         if method not in SERVICE_METHODS:
             raise Problem(
@@ -505,6 +512,7 @@ class Service:
                 seed=seed,
                 guidance=repr(float(guidance)),
                 steps=steps,
+                temperature=repr(float(temperature)),
                 quality={},
                 provenance={},
                 attempts=0,
@@ -559,6 +567,7 @@ class Service:
             "seed": x.seed,
             "guidance": float(x.guidance),
             "steps": x.steps,
+            "temperature": float(x.temperature),
             "created_at": _iso(x.created_at),
             "updated_at": _iso(x.updated_at),
             "time_ms": x.time_ms,

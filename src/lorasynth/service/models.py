@@ -100,6 +100,8 @@ class Lora(Base):
     seed: Mapped[int] = mapped_column(Integer)
     guidance: Mapped[str] = mapped_column(String(32))
     steps: Mapped[int] = mapped_column(Integer)
+    # The prior's starting-noise scale (synthesize --temperature), stored like guidance.
+    temperature: Mapped[str] = mapped_column(String(32), default="1.0", server_default="1.0")
     blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # diffusers file
     kohya_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # kohya file
     preview_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # PNG grid

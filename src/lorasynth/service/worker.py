@@ -124,16 +124,24 @@ class Worker:
                 for x in s.scalars(select(Photo).where(Photo.subject_id == subject.id))
             ]
             policy = svc.policy(s, lora.tenant_id)
-            job = (lora.method, lora.seed, float(lora.guidance), lora.steps, lora.version)
+            job = (
+                lora.method,
+                lora.seed,
+                float(lora.guidance),
+                lora.steps,
+                float(lora.temperature),
+                lora.version,
+            )
         if not embeddings:
             self._finish_failed(lora_id, "the subject has no embeddings left (retention)")
             return
-        method, seed, guidance, steps, version = job
+        method, seed, guidance, steps, temperature, version = job
         start = time.perf_counter()
         synth = svc.synth.get()
         cond = torch.nn.functional.normalize(torch.from_numpy(np.mean(embeddings, axis=0)), dim=0)
-        vector = synth.vectors_for(cond[None].float(), method, seed, guidance, steps)[0]
-        provenance = _provenance(synth, lora_id, version, vector, method, seed, guidance, steps)
+        sampling = (method, seed, guidance, steps, temperature)
+        vector = synth.vectors_for(cond[None].float(), *sampling)[0]
+        provenance = _provenance(synth, lora_id, version, vector, sampling)
         files, preview_png, similarity = {}, None, None
         if bool(torch.isfinite(vector).all()):
             files, preview_png, similarity = self._files(synth, vector, provenance, cond, version)
@@ -205,14 +213,14 @@ class Worker:
 
 
 def _provenance(
-    synth, lora_id: str, version: int, vector: torch.Tensor, method, seed, guidance, steps
+    synth, lora_id: str, version: int, vector: torch.Tensor, sampling: tuple
 ) -> dict[str, str]:
     """What the LoRA file says about how it was made (the Synthesizer's own provenance, so
     the CLI and the service write the same keys) plus which library version it is and the
     sha256 of its canonical vector (the same for both formats); never an embedding or photo."""
     import hashlib
 
-    meta = dict(synth._provenance(method, seed, guidance, steps))
+    meta = dict(synth._provenance(*sampling))  # method, seed, guidance, steps, temperature
     meta["lorasynth.layout_hash"] = synth.layout.hash
     meta["lorasynth.lora_id"] = lora_id
     meta["lorasynth.version"] = str(version)
