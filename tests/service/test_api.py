@@ -383,3 +383,25 @@ def test_temperature_is_stored_returned_and_sampled_with(api, clock, monkeypatch
     for bad in (-0.1, 4.5, "hot"):
         r = api.call("POST", url, "creator", json={"method": "lincomb", "temperature": bad})
         assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+
+
+def test_a_diffusion_lora_records_its_temperature_in_the_file(api, clock, monkeypatch, tmp_path):
+    """As `synthesize --temperature` does: the file says lorasynth.temperature unless it is 1."""
+    monkeypatch.setattr(api.svc.synth.get(), "prior", tiny.prior(api.svc.synth.get()))
+    sid = new_subject(api, clock=clock)
+    assert upload(api, sid).status_code == 201
+    for temperature, written in ((0.0, "0.0"), (1.0, None)):
+        body = {"method": "diffusion", "temperature": temperature}
+        r = api.call("POST", f"/v1/subjects/{sid}/loras", "creator", json=body)
+        assert r.status_code == 202, r.text
+        assert api.worker.run_once()
+        lid = r.json()["lora_id"]
+        info = api.call("GET", f"/v1/loras/{lid}", "reviewer").json()
+        assert info["status"] == "in_review" and info["temperature"] == temperature, info
+        assert info["provenance"].get("lorasynth.temperature") == written
+        r = api.call("POST", f"/v1/loras/{lid}/review", "reviewer", json={"decision": "approve"})
+        assert r.status_code == 200, r.text
+        for fmt in ("diffusers", "kohya"):
+            path = tmp_path / f"{lid}-{fmt}.safetensors"
+            path.write_bytes(api.call("GET", f"/v1/loras/{lid}/file?format={fmt}").content)
+            assert read_lora(path).metadata.get("lorasynth.temperature") == written

@@ -393,6 +393,12 @@ def test_the_temperature_migration_keeps_rows_and_reads_them_as_1(tmp_path):
     with db.engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT id, guidance, temperature FROM loras").all()
     assert rows == [("x", "x", "1.0")]
+    db.engine.dispose()
+    with engine.begin() as conn:  # and back: the row stays, the column goes
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+        assert "temperature" not in {c["name"] for c in sa.inspect(conn).get_columns("loras")}
+        assert conn.exec_driver_sql("SELECT id, guidance FROM loras").all() == [("x", "x")]
 
 
 def _dummy(column):

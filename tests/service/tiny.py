@@ -88,3 +88,16 @@ def previewer(_lora_path: Path) -> list:
     from lorasynth.world.render import render_identity
 
     return [Image.fromarray(im) for im, _ in render_identity(0, 2, 11)]
+
+
+def prior(synth):
+    """An untrained prior for `synth`'s bank (8 PCA directions, a one-block denoiser), so
+    `diffusion` runs; its LoRAs are random but finite."""
+    from lorasynth.models.denoiser import Denoiser, DenoiserConfig
+    from lorasynth.models.representation import PcaRepresentation
+    from lorasynth.synthesis import Prior
+
+    torch.manual_seed(0)
+    pca = PcaRepresentation.fit(synth.normaliser.encode(synth.vectors), 8)
+    model = Denoiser(DenoiserConfig(8, synth.bank_embeddings.shape[1], 16, 1)).eval()
+    return Prior(model, pca, torch.zeros(8), torch.ones(8), "tiny-prior")
