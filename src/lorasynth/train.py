@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import json
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lorasynth.atomic import write_json_atomic
+from lorasynth.atomic import file_lock, write_json_atomic
 from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
 from lorasynth.bank.conditions import ConditionTable
 from lorasynth.checkpoint import load_training_state, save_training_state, training_state_info
@@ -158,18 +157,12 @@ def _run_lock(out_dir: Path) -> Iterator[None]:
         yield
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / LOCK_FILE, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LorasynthError(
-                f"{out_dir}: another process is training into this run folder; wait for it "
-                "or use another --out"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    busy = (
+        f"{out_dir}: another process is training into this run folder; wait for it or use "
+        "another --out"
+    )
+    with file_lock(out_dir / LOCK_FILE, busy):
+        yield
 
 
 def _bank_and_normaliser(bank_path: Path) -> tuple[Bank, Normaliser]:

@@ -12,7 +12,6 @@ half. Reads go through safetensors' mmap, so memory does not grow with bank size
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lorasynth.atomic import sha256_file, write_json_atomic
+from lorasynth.atomic import file_lock, sha256_file, write_json_atomic
 from lorasynth.errors import LorasynthError
 from lorasynth.lora.layout import LoraLayout
 from lorasynth.lora.safetensors_io import read_header, save_tensors
@@ -242,14 +241,8 @@ class Bank:
         row_bytes = self.dim * _DTYPES[self.dtype][0].itemsize
         return max(1, min(DEFAULT_SHARD_ROWS, DEFAULT_SHARD_BYTES // row_bytes))
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(self.path / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.path / ".lock")
 
     # ---- checking ------------------------------------------------------------------------
     def verify(self) -> list[str]:

@@ -124,22 +124,21 @@ class Worker:
                 for x in s.scalars(select(Photo).where(Photo.subject_id == subject.id))
             ]
             policy = svc.policy(s, lora.tenant_id)
-            job = (
+            # (method, seed, guidance, steps, temperature): as vectors_for and _provenance take them
+            sampling = (
                 lora.method,
                 lora.seed,
                 float(lora.guidance),
                 lora.steps,
                 float(lora.temperature),
-                lora.version,
             )
+            version = lora.version
         if not embeddings:
             self._finish_failed(lora_id, "the subject has no embeddings left (retention)")
             return
-        method, seed, guidance, steps, temperature, version = job
         start = time.perf_counter()
         synth = svc.synth.get()
         cond = torch.nn.functional.normalize(torch.from_numpy(np.mean(embeddings, axis=0)), dim=0)
-        sampling = (method, seed, guidance, steps, temperature)
         vector = synth.vectors_for(cond[None].float(), *sampling)[0]
         provenance = _provenance(synth, lora_id, version, vector, sampling)
         files, preview_png, similarity = {}, None, None
@@ -213,7 +212,11 @@ class Worker:
 
 
 def _provenance(
-    synth, lora_id: str, version: int, vector: torch.Tensor, sampling: tuple
+    synth,
+    lora_id: str,
+    version: int,
+    vector: torch.Tensor,
+    sampling: tuple[str, int, float, int, float],
 ) -> dict[str, str]:
     """What the LoRA file says about how it was made (the Synthesizer's own provenance, so
     the CLI and the service write the same keys) plus which library version it is and the
