@@ -86,6 +86,14 @@ def test_temperature_is_recorded_in_the_lora(world, tmp_path):
     assert "lorasynth.temperature" not in read_lora(plain.path).metadata
 
 
+def test_a_temperature_for_a_method_without_noise_is_refused(world, tmp_path):
+    synth, photos, _, _ = world
+    with pytest.raises(LorasynthError, match="only method 'diffusion'"):
+        synth.synthesize([photos[2, 0]], "lincomb", out=tmp_path / "l.safetensors", temperature=0.5)
+    assert not (tmp_path / "l.safetensors").exists()
+    synth.synthesize([photos[2, 0]], "lincomb", temperature=1.0)  # the default is no request
+
+
 def test_lincomb_points_toward_the_subject(world):
     synth, photos, vectors, _ = world
     cond = synth.embed(list(photos[11]))[None]

@@ -32,7 +32,7 @@ from lorasynth.faces.photos import Photo, load_photo
 from lorasynth.lincomb import ANCHOR_KEY, ANCHOR_SCALE_KEY, LincombConfig, lincomb_vectors
 from lorasynth.lora import LoraFile, unflatten, write_lora
 from lorasynth.lora.safetensors_io import read_header
-from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS
+from lorasynth.models.defaults import PRIOR_GUIDANCE, PRIOR_STEPS, check_temperature
 from lorasynth.models.representation import (
     LinearSkip,
     PcaRepresentation,
@@ -413,6 +413,7 @@ class Synthesizer:
         temperature: float = 1.0,
     ) -> SynthesisResult:
         """Photo(s) -> LoRA (written to `out` if given); time_ms covers photo bytes to file."""
+        check_temperature(method, temperature)
         if method == "ridge":
             self._ridge_map()  # fitted once per Synthesizer, like loading a model: not timed
         start = time.perf_counter()

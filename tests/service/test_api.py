@@ -359,6 +359,7 @@ def test_healthz_and_metrics(api, clock):
 
 
 def test_temperature_is_stored_returned_and_sampled_with(api, clock, monkeypatch, tiny_synth):
+    monkeypatch.setattr(tiny_synth, "prior", tiny.prior(tiny_synth))
     seen = []
     vectors_for = type(tiny_synth).vectors_for
 
@@ -370,11 +371,18 @@ def test_temperature_is_stored_returned_and_sampled_with(api, clock, monkeypatch
     sid = new_subject(api, clock=clock)
     assert upload(api, sid).status_code == 201
     url = f"/v1/subjects/{sid}/loras"
-    r = api.call("POST", url, "creator", json={"method": "lincomb", "temperature": 0.0})
+    r = api.call("POST", url, "creator", json={"method": "diffusion", "temperature": 0.0})
     assert r.status_code == 202, r.text
     assert api.worker.run_once()
     info = api.call("GET", f"/v1/loras/{r.json()['lora_id']}", "reviewer").json()
     assert info["temperature"] == 0.0 and seen[-1][-1] == 0.0  # (method, seed, ..., temperature)
+    # The other methods draw no noise: a temperature for them is refused, not stored unused.
+    r = api.call("POST", url, "creator", json={"method": "lincomb", "temperature": 0.5})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert "only method 'diffusion'" in r.json()["detail"], r.json()
+    r = api.call("POST", url, "creator", json={"method": "lincomb", "temperature": 1.0})
+    assert r.status_code == 202, r.text
+    assert api.worker.run_once()
     r = api.call("POST", url, "creator", json={"method": "lincomb"})
     assert api.worker.run_once()
     assert (

@@ -26,13 +26,14 @@ ARGS = [
 ]
 
 
-def test_full_flow_in_the_browser(tmp_path, tiny_synth):
+def test_full_flow_in_the_browser(tmp_path, tiny_synth, monkeypatch):
     pytest.importorskip("playwright")
     from playwright.sync_api import expect, sync_playwright
 
     from lorasynth.lora import read_lora
     from lorasynth.service import create_app
 
+    monkeypatch.setattr(tiny_synth, "prior", tiny.prior(tiny_synth))  # for the form's diffusion
     app = create_app(
         tmp_path / "data", synthesizer_factory=lambda: tiny_synth, previewer=tiny.previewer
     )
@@ -88,8 +89,16 @@ def test_full_flow_in_the_browser(tmp_path, tiny_synth):
         expect(page.locator("#upload-status")).to_contain_text("1/1 uploaded")
         page.click("#lora-form button")
         expect(page.get_by_test_id("lora-status").first).to_have_text("in review")
-        page.click("#lora-form button")  # a second version, for the reviewer to reject
+        # A second version, for the reviewer to reject: diffusion, whose temperature the form
+        # offers only for that method.
+        temperature = page.locator("#lora-form input[name=temperature]")
+        expect(temperature).to_be_disabled()
+        page.select_option("#lora-form select[name=method]", "diffusion")
+        expect(temperature).to_be_enabled()
+        temperature.fill("0.5")
+        page.click("#lora-form button")
         expect(page.get_by_test_id("lora-status")).to_have_text(["in review", "in review"])
+        expect(page.locator("#lora-list")).to_contain_text("diffusion (seed 0, temperature 0.5)")
         expect(page.get_by_test_id("preview").first).to_be_visible()
         page.screenshot(path=shots / "03-creator-lora-in-review.png")
 
@@ -99,7 +108,7 @@ def test_full_flow_in_the_browser(tmp_path, tiny_synth):
         cards = page.locator("#tab-review").get_by_test_id("lora-card")
         expect(cards).to_have_count(2)
         page.screenshot(path=shots / "04-review-queue.png")
-        card = cards.first
+        card = cards.filter(has_text="diffusion")
         card.get_by_test_id("review-reason").fill("preview does not look like her")
         card.get_by_test_id("reject").click()
         expect(cards).to_have_count(1)

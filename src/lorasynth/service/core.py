@@ -23,6 +23,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from lorasynth.errors import LorasynthError
+from lorasynth.models.defaults import check_temperature
 from lorasynth.service.auth import Principal, key_hash, new_key
 from lorasynth.service.db import Database
 from lorasynth.service.metrics import Metrics
@@ -478,6 +479,10 @@ class Service:
                 f"method {method!r} is not offered; choose one of {', '.join(SERVICE_METHODS)}",
                 "bad-method",
             )
+        try:
+            check_temperature(method, temperature)
+        except LorasynthError as exc:
+            raise Problem(422, str(exc), "bad-temperature") from None
         synth = self.synth.get()
         if method == "diffusion" and getattr(synth, "prior", None) is None:
             raise Problem(

@@ -122,7 +122,8 @@ async function refreshDetail() {
 
 function metricRows(l) {
   const q = l.quality || {};
-  const rows = [["method", `${l.method} (seed ${l.seed})`]];
+  const warmth = l.method === "diffusion" && l.temperature !== 1 ? `, temperature ${l.temperature}` : "";
+  const rows = [["method", `${l.method} (seed ${l.seed}${warmth})`]];
   if (l.time_ms !== null) rows.push(["time", `${l.time_ms.toFixed(1)} ms`]);
   if (q.weight_norm !== undefined) rows.push(["weight norm", `${q.weight_norm} (z ${q.norm_z})`]);
   if (q.id_similarity !== null && q.id_similarity !== undefined) rows.push(["preview ID similarity", q.id_similarity]);
@@ -272,7 +273,10 @@ async function requestLora(event) {
   event.preventDefault();
   const f = event.target;
   try {
-    const r = await api("POST", `/v1/subjects/${state.subject}/loras`, { method: f.method.value, seed: Number(f.seed.value) });
+    const body = { method: f.method.value, seed: Number(f.seed.value) };
+    // Only the prior draws noise; the service refuses a temperature for the other methods.
+    if (body.method === "diffusion") body.temperature = Number(f.temperature.value);
+    const r = await api("POST", `/v1/subjects/${state.subject}/loras`, body);
     toast(`LoRA ${r.status}`);
     showError("#detail-error");
     refreshDetail();
@@ -350,6 +354,9 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#photo-input").addEventListener("change", uploadPhotos);
   $("#lora-form").addEventListener("submit", requestLora);
+  $("#lora-form").method.addEventListener("change", (e) => {
+    e.target.form.temperature.disabled = e.target.value !== "diffusion";
+  });
   $("#delete-subject").addEventListener("click", deleteSubject);
   $("#export").addEventListener("click", exportSubject);
   setDefaultExpiry();
