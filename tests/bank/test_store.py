@@ -115,6 +115,20 @@ def test_normaliser_fit_save_load(tmp_path):
         Normaliser.load(path, "other")
 
 
+def test_a_normaliser_fitted_on_the_first_rows_survives_the_bank_growing(tmp_path):
+    """A bank that grows keeps the normaliser its priors were trained with (same hash)."""
+    from lorasynth.bank.normaliser import refit_normaliser
+
+    vectors = torch.randn(12, LAYOUT.size, generator=torch.Generator().manual_seed(1))
+    bank = Bank.create(tmp_path / "bank", LAYOUT)
+    bank.append([f"id{i}" for i in range(8)], vectors[:8])
+    before = refit_normaliser(bank, rows=8)
+    bank.append([f"id{i}" for i in range(8, 12)], 3 * vectors[8:])
+    assert refit_normaliser(bank, rows=8).hash == before.hash
+    assert Normaliser.load(bank.path / "normaliser.safetensors").hash == before.hash
+    assert refit_normaliser(bank).hash != before.hash  # all 12 rows: another normaliser
+
+
 def test_float16_copy_halves_the_shards_reads_float32_and_keeps_side_files(tmp_path):
     vectors = torch.randn(6, LAYOUT.size, generator=torch.Generator().manual_seed(0))
     src = Bank.create(tmp_path / "src", LAYOUT, {"domain": "faces"})

@@ -197,11 +197,15 @@ _PLAIN = {"mean", "std"}
 _ALIGNED = _PLAIN | {"align_offsets", "sign_reference"}
 
 
-def refit_normaliser(bank, align: bool = True) -> Normaliser:
-    """Fit a normaliser on every row of `bank` (a Bank) and save it as BANK/normaliser.safetensors.
+def refit_normaliser(bank, align: bool = True, rows: int | None = None) -> Normaliser:
+    """Fit a normaliser on the rows of `bank` (a Bank) and save it as BANK/normaliser.safetensors.
 
-    `align`: with per-module sign alignment (the default; see the module docstring)."""
+    `align`: with per-module sign alignment (the default; see the module docstring). `rows`:
+    fit on the first that many rows only (None: all), so a bank that grows keeps the
+    normaliser, and the hash, its priors were trained with."""
     offsets = bank.layout.offsets if align else None
-    norm = Normaliser.fit(bank.iter_batches(1024), bank.layout_hash, offsets)
+    end = len(bank) if rows is None else min(rows, len(bank))
+    batches = (bank.vectors(start, min(start + 1024, end)) for start in range(0, end, 1024))
+    norm = Normaliser.fit(batches, bank.layout_hash, offsets)
     norm.save(bank.path / NORMALISER_FILE)
     return norm
