@@ -57,7 +57,7 @@ def test_nearest_returns_the_bank_lora_of_the_closest_subject(world):
 
 def test_every_method_writes_a_loadable_file(world, tmp_path):
     synth, photos, _, _ = world
-    for method in ("diffusion", "nearest", "lincomb", "ridge"):
+    for method in ("diffusion", "nearest", "lincomb", "ridge", "kernel"):
         out = tmp_path / f"{method}.safetensors"
         result = synth.synthesize([photos[3, 0]], method=method, seed=1, out=out, fmt="kohya")
         lora = read_lora(out, layout=LAYOUT)
@@ -221,6 +221,19 @@ def test_ridge_points_toward_the_subject_at_its_strength(world):
     assert toward > 0.5, toward
     rms = synth.normaliser.std.double().norm()
     torch.testing.assert_close((v - mean).norm().double(), RIDGE_STRENGTH * rms, rtol=1e-4, atol=0)
+
+
+def test_kernel_points_toward_the_subject_at_its_strength(world):
+    from lorasynth.synthesis import KERNEL_STRENGTH
+
+    synth, photos, vectors, _ = world
+    cond = synth.embed(list(photos[11]))[None]
+    v = synth.vectors_for(cond, "kernel")[0]
+    mean = synth.normaliser.mean
+    toward = torch.nn.functional.cosine_similarity(v - mean, vectors[11] - mean, dim=0)
+    assert toward > 0.5, toward
+    rms = synth.normaliser.std.double().norm()
+    torch.testing.assert_close((v - mean).norm().double(), KERNEL_STRENGTH * rms, rtol=1e-4, atol=0)
 
 
 def test_a_prior_files_strength_sets_its_loras_deviation(world, tmp_path):

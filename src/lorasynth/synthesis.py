@@ -7,6 +7,8 @@ Methods (one interface):
              style: the bank mean plus weighted deviations), weights fitted in embedding space;
 - ridge:     a linear map from embedding to (sign-aligned) LoRA, fitted on the whole bank by
              ridge regression: the strongest zero-shot baseline on the v1 faces bank;
+- kernel:    kernel ridge regression from embedding to LoRA over the whole bank (weights over
+             every bank LoRA from embedding similarity; see kernel.py);
 - optimize:  latent optimisation against the photo through the UNet (see optimize.py; seconds);
 - trained:   an ordinary DreamBooth-style LoRA training run on the photo(s): the slow upper bound.
 Models are loaded once (`Synthesizer.load`); each call then costs milliseconds.
@@ -29,6 +31,7 @@ from lorasynth.domains import DOMAIN_KEY, check_same_domain, embedder_domain, ge
 from lorasynth.errors import LorasynthError
 from lorasynth.faces.embedders import MiniFaceEmbedder, as_face_embedder, load_face_embedder
 from lorasynth.faces.photos import Photo, load_photo
+from lorasynth.kernel import KernelConfig, KernelRegression
 from lorasynth.lincomb import ANCHOR_KEY, ANCHOR_SCALE_KEY, LincombConfig, lincomb_vectors
 from lorasynth.lora import LoraFile, unflatten, write_lora
 from lorasynth.lora.safetensors_io import read_header
@@ -44,7 +47,7 @@ from lorasynth.models.representation import (
 from lorasynth.models.sampling import sample
 from lorasynth.models.store import load_prior, load_vae
 
-METHODS = ("diffusion", "nearest", "lincomb", "ridge", "optimize", "trained")
+METHODS = ("diffusion", "nearest", "lincomb", "ridge", "kernel", "optimize", "trained")
 RIDGE_PENALTY = 1e-2  # on the Gram matrix of centred unit embeddings
 # A linear map's predictions for unseen subjects shrink toward the bank mean (0.34 of the bank's
 # RMS deviation on v1 faces), and identity needs a LoRA's deviation, though not more: its
@@ -52,6 +55,10 @@ RIDGE_PENALTY = 1e-2  # on the Gram matrix of centred unit embeddings
 # (world.calibrate; ID sim as predicted 0.340, at 0.6 / 0.7 / 0.85 / 1.0: 0.471 / 0.492 /
 # 0.506 / 0.485).
 RIDGE_STRENGTH = 0.85
+# kernel's LoRAs come out short too (0.47 of the bank's RMS deviation); chosen on the same 48
+# validation identities (session 10, bank of 1,500): ID sim as predicted 0.340, at 0.8 / 0.9 /
+# 1.0 / 1.1 / 1.3: 0.525 / 0.548 / 0.556 / 0.559 / 0.529 (lincomb: 0.533).
+KERNEL_STRENGTH = 1.1
 STRENGTH_KEY = "strength"  # a prior file's metadata: its calibrated strength, if any
 
 
@@ -217,6 +224,7 @@ class Synthesizer:
         self.lincomb_ridge = lincomb_ridge
         self._vectors: torch.Tensor | None = None
         self._ridge: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._kernel: tuple[KernelRegression, torch.Tensor] | None = None
         self.pipe = None  # the base pipeline, needed only by `optimize` (loaded on first use)
         self.base: str | os.PathLike[str] = "mini"  # what `pipe` is loaded from
         self.optimize_steps = 60
@@ -311,6 +319,8 @@ class Synthesizer:
             return self.lincomb_vectors(cond)
         if method == "ridge":
             return with_strength(self.ridge_vectors(cond), self.normaliser, RIDGE_STRENGTH)
+        if method == "kernel":
+            return with_strength(self.kernel_vectors(cond), self.normaliser, KERNEL_STRENGTH)
         raise LorasynthError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
     def sample_prior(
@@ -388,6 +398,22 @@ class Synthesizer:
             self._ridge = (centre.float(), weights.float())
         return self._ridge
 
+    def kernel_vectors(self, cond: torch.Tensor) -> torch.Tensor:
+        """kernel's vectors (B, D) for embeddings (B, E), before with_strength."""
+        kernel, signs = self._kernel_map()
+        nm = self.normaliser
+        return kernel.vectors(cond, lambda w: nm.aligned_sum(w, self.vectors, signs), nm.mean)
+
+    def _kernel_map(self) -> tuple[KernelRegression, torch.Tensor]:
+        """The bank's kernel regression, factorised on first use (not timed, like ridge), and
+        its rows' alignment flips (aligning the whole bank anew for every LoRA cost 0.6 s)."""
+        if self._kernel is None:
+            kernel = KernelRegression(self.bank_embeddings, KernelConfig())
+            kernel.weights(self.bank_embeddings[:1])
+            signs = torch.cat([self.normaliser.block_signs(b) for b in self.vectors.split(1024)])
+            self._kernel = (kernel, signs)
+        return self._kernel
+
     def lincomb_vectors(
         self, cond: torch.Tensor, config: LincombConfig | None = None
     ) -> torch.Tensor:
@@ -416,6 +442,8 @@ class Synthesizer:
         check_temperature(method, temperature)
         if method == "ridge":
             self._ridge_map()  # fitted once per Synthesizer, like loading a model: not timed
+        if method == "kernel":
+            self._kernel_map()
         start = time.perf_counter()
         if method == "optimize":
             vector = self.optimize(photos, seed)

@@ -165,6 +165,7 @@ def test_baseline_images_are_keyed_by_the_bank(tmp_path):
     grown = tags(_bank(tmp_path / "grown", layout, seeds))
     assert small["base"] == small["trained"] == "" == grown["base"]
     assert small["nearest"] == small["lincomb"] == small["ridge"]
+    assert small["kernel"].startswith(small["nearest"] + "-")  # and the kernel's settings
     assert small["nearest"].startswith("bank4-") and grown["nearest"].startswith("bank6-")
     assert small["nearest"] != grown["nearest"]
     # a prior anchored on lincomb draws on the bank too

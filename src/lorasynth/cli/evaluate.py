@@ -23,10 +23,10 @@ def evaluate(
     methods: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: base,nearest,lincomb,ridge,optimize,diffusion,trained "
+            help="Comma-separated: base,nearest,lincomb,ridge,kernel,optimize,diffusion,trained "
             "(diffusion variants follow diffusion)."
         ),
-    ] = "base,nearest,lincomb,ridge,optimize,diffusion,trained",
+    ] = "base,nearest,lincomb,ridge,kernel,optimize,diffusion,trained",
     seed: Annotated[int, typer.Option(help="Seed of prior sampling and image noise.")] = 0,
     ablations: Annotated[
         bool, typer.Option(help="Also run the 4-photo setting, sweeps and sanity checks.")

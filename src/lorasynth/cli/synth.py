@@ -23,6 +23,7 @@ class Method(StrEnum):
     nearest = "nearest"
     lincomb = "lincomb"
     ridge = "ridge"
+    kernel = "kernel"
     optimize = "optimize"
     trained = "trained"
 

@@ -30,7 +30,7 @@ def _cell(row: dict, key: str, fmt: str) -> str:
     return f"{text} ± {ci:.3f}" if ci else text
 
 
-ROW_ORDER = ("base", "nearest", "lincomb", "ridge", "optimize", "diffusion")
+ROW_ORDER = ("base", "nearest", "lincomb", "ridge", "kernel", "optimize", "diffusion")
 
 
 def _row_rank(name: str) -> tuple:

@@ -59,8 +59,8 @@ PROMPT_NUISANCES = {
     "faces": ("", "blue background", "smiling, red background, wearing glasses"),
     "products": ("", "blue background", "tilted left, on a table, red background"),
 }
-SYNTH_METHODS = ("nearest", "lincomb", "ridge", "diffusion", "optimize")
-BANK_METHODS = ("nearest", "lincomb", "ridge")  # draw on the bank's rows
+SYNTH_METHODS = ("nearest", "lincomb", "ridge", "kernel", "diffusion", "optimize")
+BANK_METHODS = ("nearest", "lincomb", "ridge", "kernel")  # draw on the bank's rows
 # What evaluate reads from a domain's asset folder, in build order: (file, `world build` stages).
 REQUIRED_FILES = (
     ("embedders/{conditioner}.safetensors", ("embedders",)),
@@ -112,6 +112,7 @@ class EvalConfig:
         "nearest",
         "lincomb",
         "ridge",
+        "kernel",
         "optimize",
         "diffusion",
         "trained",
@@ -399,6 +400,12 @@ class Evaluation:
             tag = prior.name.rpartition(":")[2]
             # an anchored prior's LoRAs also depend on the bank its lincomb anchor draws on
             return f"{tag}@{self.bank_tag()}" if prior.anchor is not None else tag
+        if method == "kernel":  # its settings are still being chosen: they key its images too
+            from lorasynth.kernel import KernelConfig
+            from lorasynth.synthesis import KERNEL_STRENGTH
+
+            settings = repr((KernelConfig(), KERNEL_STRENGTH)).encode()
+            return f"{self.bank_tag()}-{hashlib.sha256(settings).hexdigest()[:8]}"
         if method in BANK_METHODS:
             return self.bank_tag()
         return ""

@@ -49,6 +49,7 @@ SERVICE_METHODS = (
     "nearest",
     "lincomb",
     "ridge",
+    "kernel",
 )  # optimize needs the photos themselves
 Clock = Callable[[], datetime]
 
