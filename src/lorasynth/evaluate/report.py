@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-GRID_METHODS = ("base", "nearest", "lincomb", "ridge", "diffusion", "trained")
+GRID_METHODS = ("base", "nearest", "lincomb", "ridge", "kernel", "diffusion", "trained")
 COLUMNS = (
     ("id_sim_mean", "ID sim", "{:.3f}"),
     ("normalised_fidelity", "norm. fidelity", "{:.2f}"),
