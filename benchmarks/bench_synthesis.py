@@ -142,7 +142,7 @@ def main() -> dict:
             root = tmp / name.split()[0]
             root.mkdir()
             synth = random_synthesizer(root, layout, latent, hidden, width, depth)
-            for method in ("diffusion", "nearest", "lincomb", "ridge"):
+            for method in ("diffusion", "nearest", "lincomb", "ridge", "kernel"):
                 ms = time_to_lora(synth, root, method, repeats=15)
                 results[(name, method)] = ms
                 print(f"{name:40} {method:10} time-to-LoRA median {ms:8.1f} ms")

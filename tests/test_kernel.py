@@ -31,8 +31,10 @@ def test_a_large_bank_answers_from_each_querys_neighbours():
     the far subjects carry no weight, so the answer matches the whole bank's."""
     embeddings, _, _ = _bank(rows=60)
     cond = embeddings[:5] + 0.05
-    whole = KernelRegression(embeddings, KernelConfig(bandwidth=0.05, neighbours=60))
-    local = KernelRegression(embeddings, KernelConfig(bandwidth=0.05, neighbours=30))
+    whole = KernelRegression(embeddings, KernelConfig(bandwidth=0.05))
+    local = KernelRegression(
+        embeddings, KernelConfig(bandwidth=0.05, whole_bank_max=50, neighbours=30)
+    )
     w_local = local.weights(cond)
     assert ((w_local != 0).sum(dim=1) <= 30).all()
     torch.testing.assert_close(w_local, whole.weights(cond), atol=1e-3, rtol=0)

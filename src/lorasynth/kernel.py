@@ -25,9 +25,11 @@ class KernelConfig:
     # bandwidth 0.1, ridge 0.01 / 0.1 / 1: 0.554 / 0.555 / 0.549.
     bandwidth: float = 0.2  # tau of exp((cos - 1) / tau): how fast similarity falls off
     ridge: float = 0.1  # on the kernel matrix
-    # A bank larger than this answers each query from its nearest this many subjects (one
-    # solve per query) instead of one factorisation of the whole kernel matrix.
-    neighbours: int = 4096
+    # Up to this many subjects one inverse of the whole kernel matrix serves every query
+    # (4,096: 2 s once, 134 MB); a larger bank answers each query from its nearest `neighbours`
+    # subjects instead (one 1,024-subject solve per query, milliseconds).
+    whole_bank_max: int = 4096
+    neighbours: int = 1024
 
 
 class KernelRegression:
@@ -36,26 +38,28 @@ class KernelRegression:
     def __init__(self, bank_embeddings: torch.Tensor, config: KernelConfig = KernelConfig()):
         self.config = config
         self.embeddings = torch.nn.functional.normalize(bank_embeddings.double(), dim=1)
-        self._factor: torch.Tensor | None = None  # Cholesky factor of the whole bank's K
+        # (K + ridge I)^-1 of the whole bank: one matrix product a query (a Cholesky solve
+        # with one right-hand side took 71 ms at 3,000 subjects, this 6.5 ms).
+        self._inverse: torch.Tensor | None = None
 
     def _kernel(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.exp((a @ b.T - 1) / self.config.bandwidth)
 
     def _solve_all(self, k: torch.Tensor) -> torch.Tensor:
-        if self._factor is None:  # once per bank, like fitting the ridge map
+        if self._inverse is None:  # once per bank, like fitting the ridge map
             e = self.embeddings
             gram = self._kernel(e, e) + self.config.ridge * torch.eye(len(e), dtype=e.dtype)
-            self._factor = torch.linalg.cholesky(gram)
-        return torch.cholesky_solve(k.T, self._factor).T
+            self._inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+        return k @ self._inverse  # symmetric
 
     def weights(self, cond: torch.Tensor) -> torch.Tensor:
         """Weights (B, N) over the bank's subjects for condition embeddings (B, E)."""
         cond = torch.nn.functional.normalize(cond.double(), dim=1)
         k = self._kernel(cond, self.embeddings)  # (B, N)
-        if len(self.embeddings) <= self.config.neighbours:
+        if len(self.embeddings) <= self.config.whole_bank_max:
             return self._solve_all(k)
         out = torch.zeros_like(k)
-        top = k.topk(self.config.neighbours, dim=1).indices
+        top = k.topk(min(self.config.neighbours, k.shape[1]), dim=1).indices
         for b in range(len(cond)):
             e = self.embeddings[top[b]]
             gram = self._kernel(e, e) + self.config.ridge * torch.eye(len(e), dtype=e.dtype)
