@@ -95,7 +95,7 @@ def write_peft(folder: Path, lora: LoraFile) -> None:
 # Domains after faces show fewer subjects and skip `optimize` (seconds a subject), so the demo
 # stays within 5 minutes on 2 cores with every domain built.
 OTHER_DOMAIN_IDENTITIES = 4
-OTHER_DOMAIN_METHODS = ("base", "nearest", "lincomb", "ridge", "diffusion", "trained")
+OTHER_DOMAIN_METHODS = ("base", "nearest", "lincomb", "ridge", "kernel", "diffusion", "trained")
 
 
 def domains_not_built() -> dict[str, str | None]:

@@ -305,7 +305,8 @@ class Synthesizer:
         if method == "diffusion":
             if self.prior is None:
                 raise LorasynthError(
-                    "no prior loaded: train one (`lorasynth train prior`) or pick --method nearest|lincomb"
+                    "no prior loaded: train one (`lorasynth train prior`) or pick --method "
+                    "nearest|lincomb|ridge|kernel"
                 )
             vectors = self.normaliser.decode(
                 self.sample_prior(self.prior, cond, steps, guidance, seed, temperature)

@@ -488,7 +488,8 @@ class Service:
         if method == "diffusion" and getattr(synth, "prior", None) is None:
             raise Problem(
                 422,
-                "method 'diffusion' needs a trained prior, none is loaded; use nearest or lincomb",
+                "method 'diffusion' needs a trained prior, none is loaded; use nearest, lincomb, "
+                "ridge or kernel",
                 "bad-method",
             )
         with self.db.session() as s:
