@@ -3,13 +3,11 @@ from __future__ import annotations
 import torch
 
 from lorasynth.kernel import KernelConfig, KernelRegression
+from tests.test_lincomb import _bank as lincomb_bank
 
 
-def _bank(rows=40, emb=6, dim=20, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    embeddings = torch.nn.functional.normalize(torch.randn(rows, emb, generator=gen), dim=-1)
-    vectors = torch.randn(rows, dim, generator=gen)
-    return embeddings, vectors, vectors.mean(0)
+def _bank(rows=40):
+    return lincomb_bank(rows=rows)
 
 
 def test_with_little_ridge_a_bank_subject_gets_its_own_lora_back():

@@ -210,30 +210,21 @@ def test_lincomb_keeps_the_neighbours_distance_from_the_mean(world):
     assert norms.min() - 1e-4 <= (v - mean).norm() <= norms.max() + 1e-4
 
 
-def test_ridge_points_toward_the_subject_at_its_strength(world):
-    from lorasynth.synthesis import RIDGE_STRENGTH
+@pytest.mark.parametrize(
+    "method, strength", [("ridge", "RIDGE_STRENGTH"), ("kernel", "KERNEL_STRENGTH")]
+)
+def test_a_bank_regression_points_toward_the_subject_at_its_strength(world, method, strength):
+    import lorasynth.synthesis
 
     synth, photos, vectors, _ = world
     cond = synth.embed(list(photos[11]))[None]
-    v = synth.vectors_for(cond, "ridge")[0]
+    v = synth.vectors_for(cond, method)[0]
     mean = synth.normaliser.mean
     toward = torch.nn.functional.cosine_similarity(v - mean, vectors[11] - mean, dim=0)
     assert toward > 0.5, toward
     rms = synth.normaliser.std.double().norm()
-    torch.testing.assert_close((v - mean).norm().double(), RIDGE_STRENGTH * rms, rtol=1e-4, atol=0)
-
-
-def test_kernel_points_toward_the_subject_at_its_strength(world):
-    from lorasynth.synthesis import KERNEL_STRENGTH
-
-    synth, photos, vectors, _ = world
-    cond = synth.embed(list(photos[11]))[None]
-    v = synth.vectors_for(cond, "kernel")[0]
-    mean = synth.normaliser.mean
-    toward = torch.nn.functional.cosine_similarity(v - mean, vectors[11] - mean, dim=0)
-    assert toward > 0.5, toward
-    rms = synth.normaliser.std.double().norm()
-    torch.testing.assert_close((v - mean).norm().double(), KERNEL_STRENGTH * rms, rtol=1e-4, atol=0)
+    expected = getattr(lorasynth.synthesis, strength) * rms
+    torch.testing.assert_close((v - mean).norm().double(), expected, rtol=1e-4, atol=0)
 
 
 def test_a_prior_files_strength_sets_its_loras_deviation(world, tmp_path):
