@@ -406,11 +406,10 @@ class Synthesizer:
         return kernel.vectors(cond, lambda w: nm.aligned_sum(w, self.vectors, signs), nm.mean)
 
     def _kernel_map(self) -> tuple[KernelRegression, torch.Tensor]:
-        """The bank's kernel regression, factorised on first use (not timed, like ridge), and
-        its rows' alignment flips (aligning the whole bank anew for every LoRA cost 0.6 s)."""
+        """The bank's kernel regression, made on first use (not timed, like ridge), and its
+        rows' alignment flips (aligning the whole bank anew for every LoRA cost 0.6 s)."""
         if self._kernel is None:
             kernel = KernelRegression(self.bank_embeddings, KernelConfig())
-            kernel.weights(self.bank_embeddings[:1])
             signs = torch.cat([self.normaliser.block_signs(b) for b in self.vectors.split(1024)])
             self._kernel = (kernel, signs)
         return self._kernel

@@ -143,7 +143,7 @@ class Normaliser:
 
     def block_signs(self, vectors: torch.Tensor) -> torch.Tensor:
         """The flips `align` makes to rows (N, D): (N, blocks) of +-1 (one block, all +1, when
-        the normaliser does not align), for `with_block_signs` to reapply without the dots."""
+        the normaliser does not align), for `aligned_sum` to reapply without the dots."""
         if self.sign_reference is None:
             return torch.ones(len(vectors), 1)
         ids = _block_ids(self.align_offsets)
@@ -226,8 +226,6 @@ def refit_normaliser(bank, align: bool = True, rows: int | None = None) -> Norma
     fit on the first that many rows only (None: all), so a bank that grows keeps the
     normaliser, and the hash, its priors were trained with."""
     offsets = bank.layout.offsets if align else None
-    end = len(bank) if rows is None else min(rows, len(bank))
-    batches = (bank.vectors(start, min(start + 1024, end)) for start in range(0, end, 1024))
-    norm = Normaliser.fit(batches, bank.layout_hash, offsets)
+    norm = Normaliser.fit(bank.iter_batches(1024, stop=rows), bank.layout_hash, offsets)
     norm.save(bank.path / NORMALISER_FILE)
     return norm

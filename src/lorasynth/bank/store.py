@@ -176,9 +176,13 @@ class Bank:
             out[n] = self._read_slice(self.shards[k], local, local + 1)[0]
         return out
 
-    def iter_batches(self, batch_size: int = 256) -> Iterator[torch.Tensor]:
-        for start in range(0, len(self), batch_size):
-            yield self.vectors(start, start + batch_size)
+    def iter_batches(
+        self, batch_size: int = 256, stop: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """The rows in order, `batch_size` at a time, up to row `stop` (None: all)."""
+        end = len(self) if stop is None else min(stop, len(self))
+        for start in range(0, end, batch_size):
+            yield self.vectors(start, min(start + batch_size, end))
 
     def _read_slice(self, shard: Shard, lo: int, hi: int) -> torch.Tensor:
         try:

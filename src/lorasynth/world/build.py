@@ -258,8 +258,9 @@ def _bank_split(
         if train_path != bank_path:
             ids = [bank_id(s) for s in identity_seeds(split, ships)]
             _ship_rows(Bank(train_path), bank_path, ids, config.dtype)
-        # One normaliser for both, fitted on every row trained: a prior trained on the full
-        # bank then loads against the shipped one (the normaliser's hash is checked).
+        # One normaliser for both, fitted on the rows trained (the train bank: its first
+        # normaliser_identities): a prior trained on the full bank then loads against the
+        # shipped one, and against the bank grown since (the normaliser's hash is checked).
         normaliser = refit_normaliser(Bank(train_path), rows=normaliser_rows(world))
         if train_path != bank_path:
             write_bytes_atomic(
