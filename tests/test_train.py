@@ -219,11 +219,13 @@ def test_prior_on_the_first_subjects_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Bank, "gather", gather)
     config = replace(PRIOR_CFG, steps=5, subjects=7, representation="raw")
-    train_prior(bank, cond, tmp_path / "p", config, progress=False)
+    first = train_prior(bank, cond, tmp_path / "p", config, progress=False)
     assert seen and max(seen) < 7 and len(set(seen)) > 1
     seen.clear()
-    train_prior(bank, cond, tmp_path / "all", replace(config, subjects=0), progress=False)
+    whole = train_prior(bank, cond, tmp_path / "all", replace(config, subjects=0), progress=False)
     assert max(seen) >= 7  # 0: the whole bank (96 rows)
+    # the file says how many subjects it learned from (evaluate's bank-size curve reads it)
+    assert load_prior(first)[1].subjects == "7" and load_prior(whole)[1].subjects == "96"
 
 
 def test_linear_skip_prior_models_the_residual_and_adds_the_map_back(tmp_path):

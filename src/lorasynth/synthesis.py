@@ -107,6 +107,7 @@ class Prior:
     # the normalised lincomb vector of the condition, made with this config on the bank.
     anchor: LincombConfig | None = None
     anchor_scale: torch.Tensor | None = None  # (latent,): the anchor's latent is scaled by it
+    subjects: int | None = None  # bank subjects it was trained on (None: not recorded)
 
     @classmethod
     def load(
@@ -148,6 +149,7 @@ class Prior:
             LinearSkip.from_tensors(extra),
             LincombConfig.from_tensor(extra[ANCHOR_KEY]) if ANCHOR_KEY in extra else None,
             extra.get(ANCHOR_SCALE_KEY),
+            int(provenance.subjects) if provenance.subjects else None,
         )
 
     @torch.no_grad()

@@ -585,7 +585,12 @@ def _train_prior(
         if isinstance(rep, PcaRepresentation):
             extra.update(rep.tensors())
         provenance = Provenance(
-            bank.layout_hash, norm.hash, table.embedder_id, rep.id, domain=bank.domain
+            bank.layout_hash,
+            norm.hash,
+            table.embedder_id,
+            rep.id,
+            domain=bank.domain,
+            subjects=str(n_subjects),
         )
         save_model(out, "lorasynth-prior", ema, asdict(ema.config), provenance, extra)
         _write_summary(run, began, {"loss_last": _tail_mean(run.out / "log.jsonl", "loss")})

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import torch
 
 from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
 from lorasynth.bank.conditions import CONDITIONS_FILE, ConditionTable
-from lorasynth.evaluate.run import EvalConfig, EvalModels, evaluate
+from lorasynth.evaluate.run import EvalConfig, EvalModels, ablation_curves, evaluate
 from lorasynth.faces.mini import EmbedderConfig, MiniEmbedder, save_embedder
 from lorasynth.lora import LoraLayout
 from lorasynth.synthesis import Synthesizer
@@ -172,3 +173,26 @@ def test_baseline_images_are_keyed_by_the_bank(tmp_path):
     assert small["diffusion-anchored"] == "cccc@" + small["nearest"]
     assert grown["diffusion-anchored"] == "cccc@" + grown["nearest"]
     assert tags(Bank(tmp_path / "small")) == small  # the same bank, the same images
+
+
+def test_bank_size_curve_places_the_default_at_the_subjects_it_learned_from():
+    """A prior trained before the bank grew sits at its own subject count, not the bank's."""
+
+    def models(subjects):
+        prior = SimpleNamespace(
+            representation=SimpleNamespace(dim=4, kind="ridge", linear=True),
+            model=SimpleNamespace(config=SimpleNamespace(target="v")),
+            anchor=None,
+            subjects=subjects,
+        )
+        return SimpleNamespace(
+            synth=SimpleNamespace(prior=prior, bank=range(3000)),
+            ablation_groups={"diffusion-bank500": ("bank_size", "500")},
+            domain=SimpleNamespace(name="faces"),
+            stale_ablations={},
+        )
+
+    rows = {m: {"id_sim_mean": 0.5} for m in ("diffusion", "diffusion-bank500")}
+    assert list(ablation_curves(rows, models(1500))["bank_size"]) == ["500", "1500"]
+    # files from before the count was recorded: the bank's size, as before
+    assert list(ablation_curves(rows, models(None))["bank_size"]) == ["500", "3000"]

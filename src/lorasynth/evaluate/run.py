@@ -717,7 +717,9 @@ def ablation_curves(rows: dict[str, dict], models: EvalModels) -> dict:
     kind = prior.representation.kind if prior is not None else "vae"
     target = prior.model.config.target if prior is not None else "v"
     anchor = "lincomb" if prior is not None and prior.anchor is not None else ""
-    defaults = default_values(kind, latent, len(models.synth.bank), target, anchor)
+    # The subjects the prior was trained on (a prior can predate the bank's growth).
+    subjects = (prior.subjects if prior is not None else None) or len(models.synth.bank)
+    defaults = default_values(kind, latent, subjects, target, anchor)
     # Every group but the anchor changes the plain prior (world.ablations): their reference
     # point is the default itself, or with an anchored default its plain ablation.
     plain = "diffusion"

@@ -37,6 +37,9 @@ class Provenance:
     embedder_id: str = ""  # priors only
     representation: str = ""  # priors only: "vae:<hash>", "pca:<hash>", "ridge:<hash>" or "raw"
     domain: str = "faces"  # subject domain of the bank (files from before domains: faces)
+    # Priors only: how many of the bank's subjects it was trained on (its first N), as text like
+    # every metadata value; "" in files from before session 11 (the bank's size then).
+    subjects: str = ""
 
     def check(self, path: Path, **expected: str | None) -> None:
         names = {
