@@ -13,6 +13,7 @@ from lorasynth.bank import NORMALISER_FILE, Bank, Normaliser
 from lorasynth.bank.conditions import ConditionTable
 from lorasynth.errors import LorasynthError
 from lorasynth.lora import LoraLayout
+from lorasynth.lora.safetensors_io import load_tensors, save_tensors
 from lorasynth.models.representation import PcaRepresentation, RidgeRepresentation
 from lorasynth.models.store import load_prior, load_vae, save_half_model_copy
 from lorasynth.train import PriorTrainConfig, VAETrainConfig, train_prior, train_vae
@@ -226,6 +227,10 @@ def test_prior_on_the_first_subjects_only(tmp_path, monkeypatch):
     assert max(seen) >= 7  # 0: the whole bank (96 rows)
     # the file says how many subjects it learned from (evaluate's bank-size curve reads it)
     assert load_prior(first)[1].subjects == "7" and load_prior(whole)[1].subjects == "96"
+    tensors, meta = load_tensors(first)
+    save_tensors(first, tensors, {**meta, "lorasynth.subjects": "seven"})
+    with pytest.raises(LorasynthError, match="subjects 'seven' is not a count"):
+        load_prior(first)
 
 
 def test_linear_skip_prior_models_the_residual_and_adds_the_map_back(tmp_path):

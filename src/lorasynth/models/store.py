@@ -115,6 +115,10 @@ def _load(path: str | os.PathLike[str], kind: str) -> tuple[dict, dict, Provenan
         )
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise LorasynthError(f"{path}: malformed model header ({exc})") from None
+    if provenance.subjects and not provenance.subjects.isdigit():
+        raise LorasynthError(
+            f"{path}: malformed model header (subjects {provenance.subjects!r} is not a count)"
+        )
     # Shipped files store weights as float16 (save_half_copy); models run in float32.
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
