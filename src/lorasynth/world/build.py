@@ -42,7 +42,7 @@ class WorldConfig:
     # Session 7: 1,500 train identities (issue 4 asks 3,000); the first 500 ship, the rest stay
     # in build/ (like the held-out split), where the synthesis stage and `evaluate` read them:
     # the prior was data-starved (bank 250 -> 500 subjects: ID sim 0.427 -> 0.526).
-    # Session 10: 3,000, as issue 4 asks (the priors are still those trained on the first 1,500).
+    # Session 10: 3,000, as issue 4 asks; session 11 retrained the priors on all of them.
     train_identities: int = 3000
     train_shipped: int | None = 500
     # The train bank's normaliser is fitted on its first 1,500 rows (None: all), so the bank
@@ -94,8 +94,8 @@ class WorldConfig:
                 mixup=0.5,
             ),
             # The shipped pair (issue 6: at least AdaNorm and AdaLoRA), trained alike on the
-            # 1,500-subject bank; the eps/x0 targets are ablations (world build --stage
-            # ablations), not shipped, for the byte budget.
+            # full train bank (3,000 subjects since session 11); the eps/x0 targets are
+            # ablations (world build --stage ablations), not shipped, for the byte budget.
             priors={"adalora-v": {}, "adanorm-v": {"conditioning": "adanorm"}},
             calibration_subjects=48,
         )
