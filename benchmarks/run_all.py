@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import (
+    bench_bank_stream,
     bench_base_memory,
     bench_canonical,
     bench_embedders,
@@ -22,6 +23,8 @@ if __name__ == "__main__":
     bench_ingest.main()
     print("\n== synthesis")
     bench_synthesis.main()
+    print("\n== bank baselines: in memory vs streamed")
+    bench_bank_stream.main()
     print("\n== base model memory")
     bench_base_memory.main()
     print("\n== face embedders")

@@ -296,3 +296,28 @@ def test_an_anchored_prior_adds_its_sample_to_lincombs_lora(world, tmp_path):
     finally:
         synth.prior = saved
     assert read_lora(result.path).layout().hash == LAYOUT.hash
+
+
+@pytest.mark.parametrize("neighbours", [None, 4])
+def test_a_bank_too_big_for_memory_gives_the_same_loras_from_its_shards(
+    world, monkeypatch, neighbours
+):
+    """Over IN_MEMORY_BANK_BYTES the bank baselines read rows from the memory-mapped shards
+    (only the rows they use, or one pass), never the whole bank at once; same vectors."""
+    import lorasynth.synthesis as synthesis
+    from lorasynth.kernel import KernelConfig
+
+    synth, photos, _, _ = world
+    if neighbours is not None:  # a bank past whole_bank_max: kernel weighs nearest subjects
+        config = KernelConfig(whole_bank_max=8, neighbours=neighbours)
+        monkeypatch.setattr(synthesis, "KernelConfig", lambda: config)
+    cond = torch.stack([synth.embed([photos[i, 0]]) for i in (3, 17)])
+    loaded = Synthesizer(Bank(synth.bank.path), synth.embedder)
+    monkeypatch.setattr(synthesis, "IN_MEMORY_BANK_BYTES", 0)
+    streamed = Synthesizer(Bank(synth.bank.path), synth.embedder)
+    monkeypatch.setattr(synthesis, "STREAM_ROWS", 7)  # several passes' worth of batches
+    for method in ("nearest", "lincomb", "kernel"):
+        expected = loaded.vectors_for(cond, method)
+        torch.testing.assert_close(streamed.vectors_for(cond, method), expected)
+    assert loaded.bank_in_memory and not streamed.bank_in_memory
+    assert streamed._vectors is None and loaded._vectors is not None

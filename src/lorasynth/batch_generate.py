@@ -65,7 +65,7 @@ def generate_with_loras(
                     )
                     for s in seeds[part]
                 ]
-            )
+            ).to(pipe.unet.device)
             * scheduler.init_noise_sigma
         )
         scheduler.set_timesteps(steps)
@@ -80,5 +80,7 @@ def generate_with_loras(
                     uncond + guidance * (cond - uncond), t, latents
                 ).prev_sample
         images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-        out.append(((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+        out.append(
+            ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        )
     return np.concatenate(out)

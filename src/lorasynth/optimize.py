@@ -46,7 +46,7 @@ def optimize_latent(
     rep = prior.representation
     gen = torch.Generator().manual_seed(seed)
     cond = synth.embed(list(images))
-    start = synth.vectors[(cond @ synth.bank_embeddings.T).argmax()][None]
+    start = synth.rows((cond @ synth.bank_embeddings.T).argmax()[None])
     x = (
         ((rep.encode(synth.normaliser.encode(start)) - prior.latent_mean) / prior.latent_std)
         .detach()

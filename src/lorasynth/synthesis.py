@@ -60,6 +60,11 @@ RIDGE_STRENGTH = 0.85
 # 1.0 / 1.1 / 1.3: 0.525 / 0.548 / 0.556 / 0.559 / 0.529 (lincomb: 0.533).
 KERNEL_STRENGTH = 1.1
 STRENGTH_KEY = "strength"  # a prior file's metadata: its calibrated strength, if any
+# A bank up to this size (float32) is read into memory on first use: kernel's weighted sum over
+# the 3,000-subject mini-world bank (390 MB) then takes milliseconds. A larger one (SD1.5 w2w:
+# 65k x 99,648 values, 26 GB) stays in its memory-mapped shards and is read row by row.
+IN_MEMORY_BANK_BYTES = 1 << 30
+STREAM_ROWS = 256  # rows a pass over a large bank reads at a time (33 MB at 32,544 values)
 
 
 @dataclass
@@ -225,6 +230,8 @@ class Synthesizer:
         self.lincomb_k = lincomb_k
         self.lincomb_ridge = lincomb_ridge
         self._vectors: torch.Tensor | None = None
+        # Whether the bank baselines read the whole bank into memory (see IN_MEMORY_BANK_BYTES).
+        self.bank_in_memory = len(bank) * bank.dim * 4 <= IN_MEMORY_BANK_BYTES
         self._ridge: tuple[torch.Tensor, torch.Tensor] | None = None
         self._kernel: tuple[KernelRegression, torch.Tensor] | None = None
         self.pipe = None  # the base pipeline, needed only by `optimize` (loaded on first use)
@@ -278,10 +285,36 @@ class Synthesizer:
 
     @property
     def vectors(self) -> torch.Tensor:
-        """All bank vectors (loaded on first use by the bank baselines)."""
+        """All bank vectors, read into memory on first use (the bank baselines go through
+        `rows`, which does so only for a bank within IN_MEMORY_BANK_BYTES)."""
         if self._vectors is None:
             self._vectors = self.bank.vectors()
         return self._vectors
+
+    def rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """Bank rows by index (any shape of indices -> that shape + (D,)), float32."""
+        if self.bank_in_memory:
+            return self.vectors[indices]
+        unique, inverse = indices.reshape(-1).unique(return_inverse=True)
+        gathered = self.bank.gather(unique.tolist())[inverse]
+        return gathered.reshape(*indices.shape, self.bank.dim)
+
+    def _aligned_sum(self, weights: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+        """weights (B, N) @ the sign-aligned bank (N, D), reading a large bank from its shards:
+        only the rows any weight uses when few do (kernel's nearest subjects), else one pass."""
+        nm = self.normaliser
+        if self.bank_in_memory:
+            return nm.aligned_sum(weights, self.vectors, signs)
+        used = weights.abs().sum(0).nonzero().squeeze(1)
+        if 4 * len(used) < weights.shape[1]:
+            return nm.aligned_sum(weights[:, used], self.rows(used), signs[used])
+        out = torch.zeros(len(weights), self.bank.dim)
+        start = 0
+        for batch in self.bank.iter_batches(STREAM_ROWS):
+            part = slice(start, start + len(batch))
+            out += nm.aligned_sum(weights[:, part], batch, signs[part])
+            start += len(batch)
+        return out
 
     # ---- embeddings ------------------------------------------------------------------------
     def embed(self, photos: Sequence[Photo], face_index: int | None = None) -> torch.Tensor:
@@ -317,7 +350,7 @@ class Synthesizer:
                 vectors = with_strength(vectors, self.normaliser, self.prior.strength)
             return vectors
         if method == "nearest":
-            return self.vectors[(cond @ self.bank_embeddings.T).argmax(dim=1)]
+            return self.rows((cond @ self.bank_embeddings.T).argmax(dim=1))
         if method == "lincomb":
             return self.lincomb_vectors(cond)
         if method == "ridge":
@@ -404,15 +437,19 @@ class Synthesizer:
     def kernel_vectors(self, cond: torch.Tensor) -> torch.Tensor:
         """kernel's vectors (B, D) for embeddings (B, E), before with_strength."""
         kernel, signs = self._kernel_map()
-        nm = self.normaliser
-        return kernel.vectors(cond, lambda w: nm.aligned_sum(w, self.vectors, signs), nm.mean)
+        return kernel.vectors(cond, lambda w: self._aligned_sum(w, signs), self.normaliser.mean)
 
     def _kernel_map(self) -> tuple[KernelRegression, torch.Tensor]:
         """The bank's kernel regression, made on first use (not timed, like ridge), and its
         rows' alignment flips (aligning the whole bank anew for every LoRA cost 0.6 s)."""
         if self._kernel is None:
             kernel = KernelRegression(self.bank_embeddings, KernelConfig())
-            signs = torch.cat([self.normaliser.block_signs(b) for b in self.vectors.split(1024)])
+            batches = (
+                self.vectors.split(STREAM_ROWS)
+                if self.bank_in_memory
+                else self.bank.iter_batches(STREAM_ROWS)
+            )
+            signs = torch.cat([self.normaliser.block_signs(b) for b in batches])
             self._kernel = (kernel, signs)
         return self._kernel
 
@@ -423,7 +460,7 @@ class Synthesizer:
         return lincomb_vectors(
             cond,
             self.bank_embeddings,
-            lambda rows: self.normaliser.align(self.vectors[rows]),
+            lambda rows: self.normaliser.align(self.rows(rows)),
             self.normaliser.mean,
             config or LincombConfig(self.lincomb_k, self.lincomb_ridge),
         )

@@ -42,3 +42,39 @@ def test_a_worker_run_directly_is_refused_too(tmp_path, monkeypatch):
 
     with pytest.raises(LorasynthError, match=r"old0000000000000.*new0000000000000"):
         bank_build.build_split(tmp_path / "pipeline", "train", 1, tmp_path / "bank", wb.WORLD.bank)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_gpu_bank_build_is_one_process_with_big_chunks(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setenv("LORASYNTH_ASSETS", str(tmp_path / "assets"))
+    monkeypatch.setenv("LORASYNTH_BUILD", str(tmp_path / "build"))
+    monkeypatch.setattr(bank_build, "bank_layout", lambda pipeline, config: LAYOUT)
+    monkeypatch.setattr(bank_build, "base_unet_id", lambda pipeline: "new0000000000000")
+    calls = []
+
+    def fake_workers(pipeline, split, count, bank, logs, config, workers, device="cpu"):
+        calls.append((config.chunk, workers, device))
+        raise _Stop
+
+    monkeypatch.setattr(wb, "_run_workers", fake_workers)
+    for device, expected in (("cpu", (wb.WORLD.bank.chunk, 2, "cpu")), ("cuda", (500, 1, "cuda"))):
+        with pytest.raises(_Stop):
+            wb.STAGES["bank"](replace(wb.WORLD, device=device), True, False)
+        assert calls[-1] == expected
+
+
+def test_an_unusable_device_is_refused_before_building(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(LorasynthError, match="no CUDA GPU"):
+        wb.build("bank", device="cuda")
+    with pytest.raises(LorasynthError, match="not a torch device"):
+        wb.build("bank", device="banana")
+    with pytest.raises(LorasynthError, match="runs on cpu or cuda"):
+        wb.build("bank", device="meta")

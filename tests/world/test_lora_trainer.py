@@ -114,3 +114,30 @@ def test_frozen_down_trains_only_the_up_factors(tiny_pipeline):
         assert first.up.abs().sum() > 0 and not torch.equal(first.up, second.up)
     with pytest.raises(LorasynthError, match="shared_init"):
         LoraTrainConfig(train_down=False)
+
+
+def test_snapshot_equals_a_run_of_that_many_steps(tiny_pipeline):
+    """A steps sweep from one run: with a constant learning rate, the LoRAs after step n are
+    the LoRAs of an n-step run (same seed), and the last snapshot is the returned LoRAs."""
+    layout = LoraLayout.from_unet(tiny_pipeline.unet, "attn-ff-conv", 1)
+    images, prompts = _data()
+    config = LoraTrainConfig(preset="attn-ff-conv", rank=1, steps=4, lr=0.05)
+    loras, log = train_subject_loras(
+        tiny_pipeline, layout, images, prompts, config, progress=False, snapshots=(2, 4)
+    )
+    assert sorted(log["snapshots"]) == [2, 4] and log["snapshots"][4] is loras
+    assert len(log["loss"]) == 4 and all(isinstance(v, float) for v in log["loss"])
+    short, short_log = train_subject_loras(
+        tiny_pipeline,
+        layout,
+        images,
+        prompts,
+        LoraTrainConfig(preset="attn-ff-conv", rank=1, steps=2, lr=0.05),
+        progress=False,
+    )
+    assert short_log["snapshots"] == {} and short_log["loss"] == log["loss"][:2]
+    for name, module in short[1].modules.items():
+        snap = log["snapshots"][2][1].modules[name]
+        torch.testing.assert_close(snap.up, module.up)
+        torch.testing.assert_close(snap.down, module.down)
+        assert not torch.equal(loras[1].modules[name].up, module.up)

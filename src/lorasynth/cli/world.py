@@ -98,11 +98,15 @@ def build(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from checkpoints in build/.")] = True,
     domain: DomainOpt = "faces",
+    device: Annotated[
+        str,
+        typer.Option(help="Where bank LoRAs train: cpu (two processes) or a GPU, e.g. cuda."),
+    ] = "cpu",
 ) -> None:
     """Train the mini-world's shipped models (hours on 2 cores; resumable stage by stage)."""
     from lorasynth.world.build import build as run_build
 
-    results = run_build(stage, resume=resume, domain=domain)
+    results = run_build(stage, resume=resume, domain=domain, device=device)
     typer.echo(f"built stages: {', '.join(results)}", err=True)
 
 

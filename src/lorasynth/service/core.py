@@ -84,7 +84,7 @@ class SynthProvider:
                     from lorasynth.service.quality import NormStats
 
                     synth = self._factory()
-                    self.norms = NormStats.of(synth.vectors)
+                    self.norms = NormStats.of(synth.bank.iter_batches(1024))
                     self._synth = synth
                 except Exception as exc:  # any failure: report it, keep the API up
                     self._error = f"{type(exc).__name__}: {exc}"

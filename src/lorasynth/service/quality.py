@@ -10,6 +10,7 @@ review (or is approved at once when the tenant's policy says `auto_approve`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +27,11 @@ class NormStats:
     count: int
 
     @classmethod
-    def of(cls, vectors: torch.Tensor) -> NormStats:
-        norms = vectors.double().norm(dim=1)
+    def of(cls, vectors: torch.Tensor | Iterable[torch.Tensor]) -> NormStats:
+        """Of rows (N, D), or of batches of rows (a bank's iter_batches: memory stays flat)."""
+        batches = [vectors] if isinstance(vectors, torch.Tensor) else vectors
+        parts = [b.double().norm(dim=1) for b in batches]
+        norms = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
         std = float(norms.std()) if len(norms) > 1 else 0.0
         return cls(float(norms.mean()), std, len(norms))
 

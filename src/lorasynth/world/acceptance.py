@@ -44,12 +44,14 @@ class IdentityScorer:
         images_per_identity: int,
         domain: str = "faces",
         guidance: float = IMAGE_GUIDANCE,
+        batch_size: int = 64,
     ) -> None:
         from lorasynth.faces.mini import embed_images
 
         dom = get_domain(domain)
         self.pipe = pipe
         self.guidance = guidance
+        self.batch_size = batch_size  # images a UNet batch; a GPU wants hundreds
         self.judge = load_mini_embedder(dom, dom.judge)
         self._embed = embed_images
         refs = np.stack(
@@ -78,7 +80,13 @@ class IdentityScorer:
             raise ValueError(f"need {self.n} LoRAs, one per identity, got {len(loras)}")
         per_image = [lora for lora in loras for _ in range(self.per_identity)]
         images = generate_with_loras(
-            self.pipe, layout, per_image, self.prompts, self.seeds, guidance=self.guidance
+            self.pipe,
+            layout,
+            per_image,
+            self.prompts,
+            self.seeds,
+            guidance=self.guidance,
+            batch_size=self.batch_size,
         )
         generated = self._embed(self.judge, images)
         sims = id_similarity(generated, self.references[self.subject])
@@ -99,6 +107,7 @@ def bank_acceptance(
     identities: int = ACCEPTANCE_IDENTITIES,
     images_per_identity: int = 6,
     domain: str = "faces",
+    device: str = "cpu",
 ) -> dict:
     """Acceptance numbers of a held-out bank's trained LoRAs (its first `identities` rows),
     next to the base model's on the same images, seeds and prompts."""
@@ -113,8 +122,15 @@ def bank_acceptance(
     seeds = identity_seeds("heldout", identities)
     layout = bank.layout
     loras = [unflatten(bank.vector(bank_id(s)), layout) for s in seeds]
-    pipe = load_pipeline(pipeline_dir)
-    scorer = IdentityScorer(pipe, seeds, domain_prompts(domain), images_per_identity, domain)
+    pipe = load_pipeline(pipeline_dir).to(device)
+    scorer = IdentityScorer(
+        pipe,
+        seeds,
+        domain_prompts(domain),
+        images_per_identity,
+        domain,
+        batch_size=64 if device == "cpu" else 1024,
+    )
     return {
         "trained": scorer.score(loras, layout),
         "base": scorer.score([None] * identities, layout),

@@ -149,6 +149,7 @@ def build_split(
     progress: bool = True,
     log_dir: Path | None = None,
     files_dir: Path | None = None,
+    device: str = "cpu",
 ) -> list[dict]:
     """Train every identity of `split` missing from the bank that falls to this worker.
 
@@ -169,7 +170,7 @@ def build_split(
     ]
     if not todo:
         return []
-    pipe = load_pipeline(pipeline_dir)
+    pipe = load_pipeline(pipeline_dir).to(device)
     logs = []
     for n, (k, chunk) in enumerate(todo):
         start = time.perf_counter()
@@ -203,6 +204,7 @@ def main() -> None:
     parser.add_argument("--config", type=str, default="{}", help="BankBuildConfig as JSON")
     parser.add_argument("--worker", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="torch device to train on (e.g. cuda)")
     args = parser.parse_args()
     config = BankBuildConfig.from_dict(json.loads(args.config))
     build_split(
@@ -214,6 +216,7 @@ def main() -> None:
         args.worker,
         args.workers,
         log_dir=args.logs,
+        device=args.device,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -146,6 +146,8 @@ def batched_loras(
             parent_name, _, child = row.module.rpartition(".")
             wrapper_type = BatchedLoraConv if row.is_conv else BatchedLoraLinear
             wrapper = wrapper_type(base, subjects, row, scale, generator, shared_init)
+            # Factors are drawn on the CPU generator (same LoRAs on any device), then moved.
+            wrapper.to(base.weight.device)
             modules[parent_name]._modules[child] = wrapper
             wrapped[row.module] = wrapper
         yield wrapped
@@ -177,7 +179,7 @@ def loaded_loras(
 
 def set_subjects(wrapped: dict[str, BatchedLoraLinear], index: torch.Tensor | None) -> None:
     for wrapper in wrapped.values():
-        wrapper.subject_index = index
+        wrapper.subject_index = None if index is None else index.to(wrapper.down.device)
 
 
 @torch.no_grad()
@@ -187,7 +189,7 @@ def encode_images(vae, images: np.ndarray, generator: torch.Generator) -> torch.
         torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float()
         / 127.5
         - 1
-    )
+    ).to(vae.device)
     dist = vae.encode(pixels).latent_dist
     return dist.sample(generator=generator) * vae.config.scaling_factor
 
@@ -201,7 +203,7 @@ def encode_prompts(pipe, prompts: Sequence[str]) -> torch.Tensor:
         truncation=True,
         return_tensors="pt",
     )
-    return pipe.text_encoder(tokens.input_ids)[0]
+    return pipe.text_encoder(tokens.input_ids.to(pipe.text_encoder.device))[0]
 
 
 def train_subject_loras(
@@ -211,10 +213,15 @@ def train_subject_loras(
     prompts: Sequence[Sequence[str]],
     config: LoraTrainConfig,
     progress: bool = True,
+    snapshots: Collection[int] = (),
 ) -> tuple[list[LoraFile], dict]:
     """Train one LoRA per subject; images (S, n, H, W, 3) uint8, prompts[s][i] for image i.
 
-    Returns the LoRAs (module factors A, B and alpha) and a log with the loss curve and time.
+    Runs on the pipeline's device; random draws come from a CPU generator, so a seed names the
+    same training run everywhere (up to the device's arithmetic). Returns the LoRAs (module
+    factors A, B and alpha, on the CPU) and a log with the loss curve and time; with
+    `snapshots`, log["snapshots"][n] holds the LoRAs as they were after step n (a steps sweep
+    in one run: with a constant learning rate they equal a run of n steps).
     """
     from diffusers import DDPMScheduler
 
@@ -222,29 +229,36 @@ def train_subject_loras(
     gen = torch.Generator().manual_seed(config.seed)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     unet = pipe.unet
+    device = unet.device
     unet.requires_grad_(False)
     latents = encode_images(pipe.vae, images.reshape(-1, *images.shape[2:]), gen)
     latents = latents.reshape(subjects, per_subject, *latents.shape[1:])
     text = encode_prompts(pipe, [p for subject in prompts for p in subject])
     text = text.reshape(subjects, per_subject, *text.shape[1:])
 
-    log: dict = {"loss": [], "config": config.to_dict(), "subjects": subjects}
+    log: dict = {"loss": [], "config": config.to_dict(), "subjects": subjects, "snapshots": {}}
     start = time.perf_counter()
     with batched_loras(unet, layout, subjects, config.scale, gen, config.shared_init) as wrapped:
         for w in wrapped.values():
             w.down.requires_grad_(config.train_down)
         params = [p for w in wrapped.values() for p in (w.down, w.up) if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-        subject_index = torch.arange(subjects).repeat_interleave(config.samples_per_subject)
+        subject_index = (
+            torch.arange(subjects).repeat_interleave(config.samples_per_subject).to(device)
+        )
         bar = tqdm(
             range(config.steps), desc=f"LoRAs x{subjects}", disable=not progress, leave=False
         )
-        for _ in bar:
+        losses: list[torch.Tensor] = []
+        for step in bar:
             pick = torch.randint(per_subject, (subjects, config.samples_per_subject), generator=gen)
-            x0 = latents[torch.arange(subjects)[:, None], pick].flatten(0, 1)
-            cond = text[torch.arange(subjects)[:, None], pick].flatten(0, 1)
-            noise = torch.randn(x0.shape, generator=gen)
-            t = torch.randint(scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+            rows, pick = torch.arange(subjects)[:, None].to(device), pick.to(device)
+            x0 = latents[rows, pick].flatten(0, 1)
+            cond = text[rows, pick].flatten(0, 1)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = torch.randint(scheduler.config.num_train_timesteps, (len(x0),), generator=gen).to(
+                device
+            )
             noisy = scheduler.add_noise(x0, noise, t)
             target = (
                 noise
@@ -257,22 +271,39 @@ def train_subject_loras(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            log["loss"].append(loss.item())
-            bar.set_postfix(loss=f"{log['loss'][-1]:.4f}")
+            # Read losses back rarely: a sync every step would idle a GPU between steps.
+            losses.append(loss.detach())
+            if step % 50 == 0 or step + 1 == config.steps:
+                bar.set_postfix(loss=f"{losses[-1].item():.4f}")
+            if step + 1 in snapshots and step + 1 < config.steps:
+                log["snapshots"][step + 1] = _export(wrapped, layout, config, subjects)
         set_subjects(wrapped, None)
-        loras = [
-            LoraFile(
-                {
-                    name: LoraModule(
-                        w.down[k].detach().clone(),
-                        w.up[k].detach().clone(),
-                        float(config.alpha or config.rank),
-                        layout.row(name).kernel,
-                    )
-                    for name, w in wrapped.items()
-                }
-            )
-            for k in range(subjects)
-        ]
+        loras = _export(wrapped, layout, config, subjects)
+        log["loss"] = torch.stack(losses).cpu().tolist() if losses else []
+    if config.steps in snapshots:
+        log["snapshots"][config.steps] = loras
     log["seconds"] = time.perf_counter() - start
     return loras, log
+
+
+def _export(
+    wrapped: dict[str, BatchedLoraLinear],
+    layout: LoraLayout,
+    config: LoraTrainConfig,
+    subjects: int,
+) -> list[LoraFile]:
+    """Each subject's LoRA as it stands, copied to the CPU."""
+    return [
+        LoraFile(
+            {
+                name: LoraModule(
+                    w.down[k].detach().cpu().clone(),
+                    w.up[k].detach().cpu().clone(),
+                    float(config.alpha or config.rank),
+                    layout.row(name).kernel,
+                )
+                for name, w in wrapped.items()
+            }
+        )
+        for k in range(subjects)
+    ]
