@@ -248,6 +248,19 @@ def test_a_prior_files_strength_sets_its_loras_deviation(world, tmp_path):
     torch.testing.assert_close(deviation, 0.5 * rms, rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
+def test_a_malformed_strength_is_a_one_line_error(world, tmp_path, value):
+    from lorasynth.models.store import save_half_model_copy
+    from lorasynth.synthesis import STRENGTH_KEY, Prior
+
+    synth, _, _, root = world
+    shipped = tmp_path / "prior.safetensors"
+    save_half_model_copy(root / "prior" / "prior.safetensors", shipped, {STRENGTH_KEY: value})
+    vae = root / "vae" / "lora-vae.safetensors"
+    with pytest.raises(LorasynthError, match="malformed header: strength"):
+        Prior.load(shipped, synth.bank, synth.normaliser, synth.embedder.embedder_id, vae)
+
+
 def test_an_anchored_prior_adds_its_sample_to_lincombs_lora(world, tmp_path):
     from dataclasses import replace
 

@@ -16,6 +16,7 @@ Models are loaded once (`Synthesizer.load`); each call then costs milliseconds.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -65,6 +66,22 @@ STRENGTH_KEY = "strength"  # a prior file's metadata: its calibrated strength, i
 # 65k x 99,648 values, 26 GB) stays in its memory-mapped shards and is read row by row.
 IN_MEMORY_BANK_BYTES = 1 << 30
 STREAM_ROWS = 256  # rows a pass over a large bank reads at a time (33 MB at 32,544 values)
+
+
+def _strength(path: Path) -> float | None:
+    """A prior file's calibrated strength (metadata), if any; a malformed one is an error."""
+    value = read_header(path)[0].get("__metadata__", {}).get(STRENGTH_KEY)
+    if not value:
+        return None
+    try:
+        strength = float(value)
+    except ValueError:
+        strength = math.nan
+    if not (math.isfinite(strength) and strength > 0):
+        raise LorasynthError(
+            f"{path}: malformed header: strength {value!r} is not a positive number"
+        )
+    return strength
 
 
 @dataclass
@@ -143,14 +160,14 @@ class Prior:
         else:
             rep = Representation(bank.dim)
         provenance.check(path, representation=rep.id)
-        strength = read_header(path)[0].get("__metadata__", {}).get(STRENGTH_KEY)
+        strength = _strength(path)
         return cls(
             model,
             rep,
             extra["latent_mean"],
             extra["latent_std"],
             f"{path.stem}:{digest}",
-            float(strength) if strength else None,
+            strength,
             LinearSkip.from_tensors(extra),
             LincombConfig.from_tensor(extra[ANCHOR_KEY]) if ANCHOR_KEY in extra else None,
             extra.get(ANCHOR_SCALE_KEY),
