@@ -37,3 +37,10 @@ def test_generate_with_and_without_lora(tiny_pipeline, tmp_path):
     assert_one_line_error(
         run_cli("generate", *args, "--lora", bad, "--out", tmp_path / "x"), "bad.safetensors"
     )
+    assert_one_line_error(
+        run_cli("generate", *args, "--device", "cuda:7", "--out", tmp_path / "y"), "--device"
+    )
+    assert not (tmp_path / "y").exists()
+    proc = run_cli("generate", *args, "--device", "cpu", "--out", tmp_path / "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cpu" / "0000.png")), base)

@@ -72,9 +72,6 @@ def test_an_unusable_device_is_refused_before_building(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(wb, "_run_workers", lambda *a, **k: pytest.fail("trained anyway"))
     with pytest.raises(LorasynthError, match="no CUDA GPU"):
         wb.build("bank", device="cuda")
-    with pytest.raises(LorasynthError, match="not a torch device"):
-        wb.build("bank", device="banana")
-    with pytest.raises(LorasynthError, match="runs on cpu or cuda"):
-        wb.build("bank", device="meta")

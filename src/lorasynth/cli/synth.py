@@ -120,14 +120,20 @@ def generate(
     scale: Annotated[
         int, typer.Option(min=1, max=16, help="Also save copies enlarged this many times.")
     ] = 1,
+    device: Annotated[
+        str, typer.Option(help="Where the pipeline runs: cpu, or a GPU such as cuda.")
+    ] = "cpu",
 ) -> None:
     """Generate images with a LoRA on the base pipeline (PNG files in --out)."""
+    from lorasynth.devices import checked_device
     from lorasynth.generate import generate_images, load_base
     from lorasynth.lora import read_lora
 
+    checked_device(device)
     if lora is not None:
         read_lora(lora)  # fail fast, before loading the pipeline
-    pipe = load_base(base)
+    # Seeds draw on a CPU generator whatever the device, so an image's seed names its noise.
+    pipe = load_base(base).to(device)
     images = generate_images(pipe, prompt, n, seed=seed, steps=steps, guidance=guidance, lora=lora)
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):

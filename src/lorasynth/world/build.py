@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from lorasynth.devices import checked_device
 from lorasynth.domains import DOMAIN_KEY, Domain, get_domain
 from lorasynth.errors import LorasynthError
 from lorasynth.train import PriorTrainConfig, VAETrainConfig
@@ -473,7 +474,7 @@ def build(
     elif domain is not None and get_domain(domain).name != world.domain:
         raise LorasynthError(f"--domain {domain} but the world config is for {world.domain!r}")
     if device is not None:
-        world = replace(world, device=_checked_device(device))
+        world = replace(world, device=checked_device(device))
     if stage is not None and stage not in STAGES:
         raise LorasynthError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     results = {}
@@ -481,23 +482,6 @@ def build(
         print(f"== world build ({world.domain}): stage {name}", file=sys.stderr, flush=True)
         results[name] = STAGES[name](world, resume, progress)
     return results
-
-
-def _checked_device(device: str) -> str:
-    """A torch device this machine has, else a one-line error (before hours of building)."""
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise LorasynthError(
-            f"--device {device!r} is not a torch device (cpu, cuda, cuda:1)"
-        ) from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise LorasynthError(f"--device {device}: this machine has no CUDA GPU that torch can use")
-    if parsed.type not in ("cpu", "cuda"):
-        raise LorasynthError(f"--device {device}: bank training runs on cpu or cuda")
-    return device
 
 
 def world_info(domain: str | None = None) -> dict:

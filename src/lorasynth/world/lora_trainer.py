@@ -250,9 +250,10 @@ def train_subject_loras(
             range(config.steps), desc=f"LoRAs x{subjects}", disable=not progress, leave=False
         )
         losses: list[torch.Tensor] = []
+        rows = torch.arange(subjects, device=device)[:, None]
         for step in bar:
             pick = torch.randint(per_subject, (subjects, config.samples_per_subject), generator=gen)
-            rows, pick = torch.arange(subjects)[:, None].to(device), pick.to(device)
+            pick = pick.to(device)
             x0 = latents[rows, pick].flatten(0, 1)
             cond = text[rows, pick].flatten(0, 1)
             noise = torch.randn(x0.shape, generator=gen).to(device)
