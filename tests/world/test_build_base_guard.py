@@ -75,3 +75,21 @@ def test_an_unusable_device_is_refused_before_building(monkeypatch):
     monkeypatch.setattr(wb, "_run_workers", lambda *a, **k: pytest.fail("trained anyway"))
     with pytest.raises(LorasynthError, match="no CUDA GPU"):
         wb.build("bank", device="cuda")
+
+
+def test_the_unet_stage_trains_on_the_world_device(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from lorasynth.world import train_pipeline
+
+    monkeypatch.setenv("LORASYNTH_BUILD", str(tmp_path / "build"))
+    seen = {}
+
+    def fake_build_unet(**kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(train_pipeline, "build_unet", fake_build_unet)
+    with pytest.raises(_Stop):
+        wb.STAGES["unet"](replace(wb.WORLD, device="cuda"), True, False)
+    assert seen["device"] == "cuda"

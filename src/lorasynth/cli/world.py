@@ -100,7 +100,7 @@ def build(
     domain: DomainOpt = "faces",
     device: Annotated[
         str,
-        typer.Option(help="Where bank LoRAs train: cpu (two processes) or a GPU, e.g. cuda."),
+        typer.Option(help="Where the UNet and bank LoRAs train: cpu or a GPU, e.g. cuda."),
     ] = "cpu",
 ) -> None:
     """Train the mini-world's shipped models (hours on 2 cores; resumable stage by stage)."""

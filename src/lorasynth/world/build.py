@@ -72,8 +72,8 @@ class WorldConfig:
     vae_steps: int = 3000
     unet_steps: int = 20000
     workers: int = 2
-    # Where bank LoRAs train: "cpu" (`workers` single-threaded processes) or a torch device such
-    # as "cuda" (one process). A GPU is bound by kernel launches on this small UNet (session 12,
+    # Where the UNet and the bank LoRAs train: "cpu" (bank: `workers` single-threaded processes)
+    # or a torch device such as "cuda" (one process). A GPU is bound by kernel launches on this small UNet (session 12,
     # H200: 0.19 s a step for 100 identities x 8 samples), so it trains `gpu_chunk` identities
     # a batch; chunking changes which batch draws a LoRA's initialisation, not its recipe.
     device: str = "cpu"
@@ -212,6 +212,7 @@ def _stage_unet(world: WorldConfig, resume: bool, progress: bool) -> dict:
         progress=progress,
         domain=world.domain,
         pipeline=world.pipeline,
+        device=world.device,
     )
     measured = evaluate_run(run, world.pipeline_eval_samples, world.domain)
     root = _domain(world).root()
