@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +136,7 @@ def probe(
                 "values": layout.size,
                 "bytes_per_lora_fp32": layout.size * 4,
                 "steps": steps,
-                "bank_config": replace(config, lora=replace(config.lora, steps=steps)).to_dict(),
+                "bank_config": recipe.bank_config(steps).to_dict(),
                 "train_seconds_per_lora": seconds * steps / max(recipe.steps) / identities,
                 "loss_last": float(np.mean(log["loss"][max(0, steps - 10) : steps])),
             }
@@ -186,12 +186,16 @@ def main() -> None:
         "--budget-s", type=float, default=None, help="start no recipe after this many seconds"
     )
     args = parser.parse_args()
+    try:
+        recipes = _recipes(args)
+    except LorasynthError as exc:
+        parser.exit(2, f"error: {exc}\n")
     from lorasynth.evaluate.run import domain_prompts
 
     prompts = domain_prompts("faces") if args.eval_prompts else ("a photo of sks person",)
     results = probe(
         args.identities,
-        _recipes(args),
+        recipes,
         args.images,
         args.split,
         prompts,
