@@ -44,14 +44,16 @@ class IdentityScorer:
         images_per_identity: int,
         domain: str = "faces",
         guidance: float = IMAGE_GUIDANCE,
-        batch_size: int = 64,
+        batch_size: int | None = None,
     ) -> None:
         from lorasynth.faces.mini import embed_images
 
         dom = get_domain(domain)
         self.pipe = pipe
         self.guidance = guidance
-        self.batch_size = batch_size  # images a UNet batch; a GPU wants hundreds
+        # Images a UNet batch (default by the pipeline's device): a GPU wants hundreds.
+        on_cpu = pipe.unet.device.type == "cpu"
+        self.batch_size = batch_size or (64 if on_cpu else 1024)
         self.judge = load_mini_embedder(dom, dom.judge)
         self._embed = embed_images
         refs = np.stack(
@@ -123,14 +125,7 @@ def bank_acceptance(
     layout = bank.layout
     loras = [unflatten(bank.vector(bank_id(s)), layout) for s in seeds]
     pipe = load_pipeline(pipeline_dir).to(device)
-    scorer = IdentityScorer(
-        pipe,
-        seeds,
-        domain_prompts(domain),
-        images_per_identity,
-        domain,
-        batch_size=64 if device == "cpu" else 1024,
-    )
+    scorer = IdentityScorer(pipe, seeds, domain_prompts(domain), images_per_identity, domain)
     return {
         "trained": scorer.score(loras, layout),
         "base": scorer.score([None] * identities, layout),

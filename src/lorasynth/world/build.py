@@ -73,9 +73,10 @@ class WorldConfig:
     unet_steps: int = 20000
     workers: int = 2
     # Where the UNet and the bank LoRAs train: "cpu" (bank: `workers` single-threaded processes)
-    # or a torch device such as "cuda" (one process). A GPU is bound by kernel launches on this small UNet (session 12,
-    # H200: 0.19 s a step for 100 identities x 8 samples), so it trains `gpu_chunk` identities
-    # a batch; chunking changes which batch draws a LoRA's initialisation, not its recipe.
+    # or a torch device such as "cuda" (one process). A GPU is bound by kernel launches on this
+    # small UNet (session 12, H200: 0.19 s a step for 100 identities x 8 samples), so it trains
+    # `gpu_chunk` identities a batch; chunking changes which batch draws a LoRA's
+    # initialisation, not its recipe.
     device: str = "cpu"
     gpu_chunk: int = 500
     synthesis: SynthesisBuildConfig = field(
@@ -469,7 +470,7 @@ def build(
     device: str | None = None,
 ) -> dict:
     """Run one stage, or all of them in order, for a domain (default faces) or a given world;
-    `device` (e.g. "cuda") is where bank LoRAs train."""
+    `device` (e.g. "cuda") is where the UNet and the bank LoRAs train."""
     if world is None:
         world = WORLDS[get_domain(domain).name]
     elif domain is not None and get_domain(domain).name != world.domain:

@@ -107,9 +107,7 @@ def probe(
     start_all = time.perf_counter()
     pipe = load_pipeline(mini_world_dir() / "pipeline").to(device)
     seeds = probe_seeds(split, identities)
-    scorer = IdentityScorer(
-        pipe, seeds, prompts, images_per_identity, batch_size=64 if device == "cpu" else 1024
-    )
+    scorer = IdentityScorer(pipe, seeds, prompts, images_per_identity)
     base_layout = LoraLayout.from_unet(pipe.unet, "w2w", 1)
     results: dict = {"base": scorer.score([None] * identities, base_layout), "device": device}
     for recipe in recipes:
